@@ -1,0 +1,6 @@
+"""ScratchGPT's model: config, layers, decoder, tokenizer, open-weight import, checkpoints, engine."""
+
+from core.config import ConfigError, ModelConfig
+from core.model import ContextLengthError, Decoder
+
+__all__ = ["ConfigError", "ContextLengthError", "Decoder", "ModelConfig"]

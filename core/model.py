@@ -1,0 +1,108 @@
+"""`Decoder`: token ids -> next-token logits, with an optional KV cache. No sampling, no I/O."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.config import ModelConfig
+from core.layers import ATTN_IMPLS, Block, KVCache, make_norm, rope_tables, sinusoidal_table
+
+
+class ContextLengthError(ValueError):
+    """More tokens than the model's context window."""
+
+
+class Decoder(nn.Module):
+    """A decoder-only transformer: embeddings + positions, n_layer blocks, final norm, LM head."""
+
+    def __init__(self, config: ModelConfig, attn_impl: str = "sdpa") -> None:
+        super().__init__()
+        self.config = config
+        self.attn_impl = attn_impl
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.position == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        elif config.position == "sinusoidal":
+            self.register_buffer("pe", sinusoidal_table(config.block_size, config.n_embd), False)
+        else:
+            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = make_norm(config)
+        # Tied embeddings reuse wte's matrix as the output head; untied ones own a separate one.
+        self.lm_head = (
+            None
+            if config.tied_embeddings
+            else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        )
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def attn_impl(self) -> str:
+        return self._attn_impl
+
+    @attn_impl.setter
+    def attn_impl(self, value: str) -> None:
+        if value not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {value!r}.")
+        self._attn_impl = value
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty KV cache on this model's device and dtype."""
+        p = self.wte.weight
+        return KVCache(
+            self.config,
+            batch_size,
+            max_len or self.config.block_size,
+            device=p.device,
+            dtype=p.dtype,
+        )
+
+    def forward(
+        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+    ) -> torch.Tensor:
+        """idx (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with `last_only`."""
+        _B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ContextLengthError(
+                f"{start + T} tokens exceed the model's context of {self.config.block_size}."
+            )
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.position == "learned":
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        elif self.config.position == "sinusoidal":
+            x = x + self.pe[start : start + T].to(x.dtype)
+        else:
+            rope = (
+                self.rope_cos[start : start + T].to(x.dtype),
+                self.rope_sin[start : start + T].to(x.dtype),
+            )
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i, self._attn_impl)
+        if cache is not None:
+            cache.length += T
+        if last_only:
+            x = x[:, -1:]
+        x = self.ln_f(x)
+        weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, weight)  # (B, T, vocab)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

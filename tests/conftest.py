@@ -1,0 +1,20 @@
+"""Shared fixtures: the packaged SmolLM2 GGUF and offline settings for every test."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from core.defaults import smollm2_gguf_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The real SmolLM2-135M-Instruct GGUF; `make test` installs it, so its absence is a failure."""
+    return smollm2_gguf_path()
