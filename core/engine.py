@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ import torch
 
 from core import checkpoint, weights
 from core.checkpoint import CheckpointError
-from core.decode import stream_tokens
+from core.decode import GenerationSettings, beam_search, stream_tokens
 from core.defaults import DEFAULT_MODEL_NAME, smollm2_gguf_path
+from core.logits import SettingsError
 from core.model import Decoder
 from core.weights import WeightsError
 
@@ -92,6 +94,8 @@ class LLM:
     model: Decoder
     tokenizer: Any
     name: str
+    max_new_tokens_cap: int = 2048  # server-side: no request may ask for more
+    max_beams: int = 8
 
     @classmethod
     def load(cls, source: str | Path = "default", *, device: str | None = None,
@@ -126,31 +130,161 @@ class LLM:
             return messages
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
-    def stream(
-        self, messages: list[dict[str, str]] | str, *, max_new_tokens: int = 256,
-        temperature: float = 0.0, seed: int | None = None,
-    ) -> Iterator[str]:  # fmt: skip
-        """Yield pieces of the reply as they are decoded; their concatenation is the reply."""
-        prompt_ids = self.tokenizer.encode(self.render(messages))
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.model.wte.weight.device).manual_seed(seed)
-        ids: list[int] = []
-        emitted = ""
-        stop = self.tokenizer.stop_token_ids
-        for token in stream_tokens(self.model, prompt_ids, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, stop_ids=stop, generator=generator):  # fmt: skip
-            ids.append(token)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # a multi-byte character is still incomplete: wait
-                continue
-            if len(text) > len(emitted):
-                yield text[len(emitted) :]
-                emitted = text
-        # Cut off mid-character by the token budget: drop the incomplete bytes, not show U+FFFD.
-        text = self.tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
-        if len(text) > len(emitted):
-            yield text[len(emitted) :]
+    def fit_prompt(
+        self, messages: list[dict[str, str]] | str, max_new_tokens: int
+    ) -> tuple[list[int], list[str]]:
+        """Prompt ids that leave room for the reply: drop the oldest turns (never the system
+        prompt or the latest message) until they fit; the notices say what was dropped."""
+        budget = self.config.block_size - max_new_tokens
+        if isinstance(messages, str):
+            if not messages.strip():
+                raise SettingsError("the prompt is empty; type something to continue.")
+            ids = self.tokenizer.encode(messages)
+            if len(ids) > budget:
+                raise SettingsError(_too_long(len(ids), max_new_tokens, self.config.block_size))
+            return ids, []
+        if not messages or not str(messages[-1].get("content", "")).strip():
+            raise SettingsError("the last message is empty; type something to continue.")
+        system = messages[:1] if messages[0].get("role") == "system" else []
+        turns = messages[len(system) :]
+        dropped = 0
+        while True:
+            ids = self.tokenizer.encode(self.render(system + turns))
+            if len(ids) <= budget:
+                break
+            if len(turns) <= 1:
+                raise SettingsError(_too_long(len(ids), max_new_tokens, self.config.block_size))
+            turns, dropped = turns[1:], dropped + 1
+        notices = (
+            [
+                f"Dropped the {dropped} oldest message(s) to fit the {self.config.block_size}-token context."
+            ]
+            if dropped
+            else []
+        )
+        return ids, notices
 
-    def generate(self, messages: list[dict[str, str]] | str, **kwargs: Any) -> str:
-        return "".join(self.stream(messages, **kwargs))
+    def stream(
+        self, messages: list[dict[str, str]] | str, settings: GenerationSettings | None = None,
+        *, cancel: threading.Event | None = None, **overrides: Any,
+    ) -> Generation:  # fmt: skip
+        """Start a reply: iterate the result for text pieces (their concatenation is the reply).
+
+        `settings` fields can be overridden by keyword, e.g. `stream(msgs, mode="beam", num_beams=3)`.
+        """
+        settings = replace(settings or GenerationSettings(), **overrides)
+        settings.validate(max_new_tokens_cap=self.max_new_tokens_cap, max_beams=self.max_beams)
+        prompt_ids, notices = self.fit_prompt(messages, settings.max_new_tokens)
+        return Generation(self, prompt_ids, settings, cancel, notices)
+
+    def generate(self, messages: list[dict[str, str]] | str, settings: GenerationSettings | None = None,
+                 **overrides: Any) -> str:  # fmt: skip
+        return "".join(self.stream(messages, settings, **overrides))
+
+
+def _too_long(n_prompt: int, n_new: int, context: int) -> str:
+    return (
+        f"the prompt has {n_prompt} tokens; with max_new_tokens {n_new} it does not fit the model's "
+        f"{context}-token context. Shorten the prompt or lower max_new_tokens."
+    )
+
+
+def _holdback(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters might be the start of a stop string (not shown yet)."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+class Generation:
+    """One reply in progress. Iterating yields text pieces; afterwards `text`, `finish_reason`
+    ("eos", "length", "stop_string", "cancelled"), `notices` and token counts are set."""
+
+    def __init__(self, llm: LLM, prompt_ids: list[int], settings: GenerationSettings,
+                 cancel: threading.Event | None, notices: list[str]) -> None:  # fmt: skip
+        self.llm, self.settings, self.cancel = llm, settings, cancel
+        self.prompt_ids, self.notices = prompt_ids, notices
+        self.text, self.best_text, self.finish_reason = "", "", ""
+        self.new_tokens = 0
+        self._started = False
+
+    def __iter__(self) -> Iterator[str]:
+        if self._started:
+            raise RuntimeError("a Generation can be iterated only once.")
+        self._started = True
+        if self.settings.mode == "beam":
+            yield from self._beam()
+        else:
+            yield from self._tokens()
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.llm.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _tokens(self) -> Iterator[str]:
+        s, model = self.settings, self.llm.model
+        generator = None
+        if s.seed is not None:
+            generator = torch.Generator(device=model.wte.weight.device).manual_seed(s.seed)
+        temperature, top_k = (s.temperature, s.top_k) if s.mode == "sample" else (0.0, 0)
+        ids: list[int] = []
+        self.finish_reason = "eos"
+        tokens = stream_tokens(
+            model, self.prompt_ids, max_new_tokens=s.max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=s.top_p if s.mode == "sample" else 1.0, repetition_penalty=s.repetition_penalty,
+            stop_ids=self.llm.tokenizer.stop_token_ids, generator=generator,
+        )  # fmt: skip
+        for token in tokens:
+            ids.append(token)
+            self.new_tokens = len(ids)
+            full = self._decode(ids)
+            if full.endswith("\ufffd"):  # a multi-byte character is still incomplete: wait
+                continue
+            hits = [i for i in (full.find(stop) for stop in s.stop) if i >= 0]
+            if hits:
+                yield from self._emit(full[: min(hits)])
+                self.finish_reason = "stop_string"
+                return
+            yield from self._emit(full[: len(full) - _holdback(full, s.stop)])
+            if self.cancel is not None and self.cancel.is_set():
+                self.finish_reason = "cancelled"
+                return
+        if len(ids) >= s.max_new_tokens:
+            self.finish_reason = "length"
+        # Cut off mid-character by the token budget: drop the incomplete bytes, not show U+FFFD.
+        yield from self._emit(self._decode(ids).rstrip("\ufffd"))
+
+    def _emit(self, text: str) -> Iterator[str]:
+        if len(text) > len(self.text) and text.startswith(self.text):
+            piece, self.text = text[len(self.text) :], text
+            self.best_text = text
+            yield piece
+
+    def _beam(self) -> Iterator[str]:
+        s, tok = self.settings, self.llm.tokenizer
+        stream = beam_search(
+            self.llm.model, self.prompt_ids, num_beams=s.num_beams, max_new_tokens=s.max_new_tokens,
+            length_penalty=s.length_penalty, early_stopping=s.early_stopping,
+            eos_ids=sorted(tok.stop_token_ids), repetition_penalty=s.repetition_penalty,
+        )  # fmt: skip
+        result = None
+        self.finish_reason = "eos"
+        while True:
+            try:
+                update = next(stream)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            self.best_text = self._decode(update.tokens)
+            yield from self._emit(self._decode(update.tokens[: update.stable]).rstrip("\ufffd"))
+            yield ""  # the best hypothesis changed: a UI may show `best_text` now
+            if self.cancel is not None and self.cancel.is_set():
+                self.finish_reason = "cancelled"
+                return
+        best = [t for t in result.best if t not in tok.stop_token_ids]
+        self.new_tokens = len(result.best)
+        if len(best) == len(result.best) and len(best) >= s.max_new_tokens:
+            self.finish_reason = "length"
+        final = self._decode(best).rstrip("\ufffd")
+        hits = [i for i in (final.find(stop) for stop in s.stop) if i >= 0]
+        if hits:
+            final, self.finish_reason = final[: min(hits)], "stop_string"
+        self.best_text = final
+        yield from self._emit(final)

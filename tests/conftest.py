@@ -18,3 +18,23 @@ from core.defaults import smollm2_gguf_path
 def smollm2_gguf():
     """The real SmolLM2-135M-Instruct GGUF; `make test` installs it, so its absence is a failure."""
     return smollm2_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """Our engine on the packaged SmolLM2 (loaded once per test session)."""
+    from core.engine import LLM
+
+    return LLM.load("default")
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_gguf):
+    """transformers on the same GGUF, dequantized into plain nn.Linear layers (slow: load once)."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32
+    )
+    return model.eval()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.engine import LLM
+from core.logits import SettingsError
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
 
@@ -80,8 +81,15 @@ class ChatService:
             raise ChatInputError(f"Temperature must be 0 (greedy) or more, got {temperature}.")
         budget = max(1, min(int(max_new_tokens), self.limits.max_new_tokens))
         text = ""
-        for piece in self.llm.stream(self.messages(message, history, system_prompt),
-                                     max_new_tokens=budget, temperature=temperature, seed=seed):  # fmt: skip
+        try:
+            generation = self.llm.stream(
+                self.messages(message, history, system_prompt),
+                mode="sample" if temperature > 0 else "greedy", temperature=temperature or 1.0,
+                top_k=0, top_p=1.0, max_new_tokens=budget, seed=seed,
+            )  # fmt: skip
+        except SettingsError as err:
+            raise ChatInputError(str(err)) from err
+        for piece in generation:
             text += piece
             yield text
         if not text:

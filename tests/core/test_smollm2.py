@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from core.decode import stream_tokens
-from core.engine import LLM
 
 transformers = pytest.importorskip("transformers")
 
@@ -20,17 +19,13 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def ours():
-    return LLM.load("default")
+def ours(smollm2):
+    return smollm2
 
 
 @pytest.fixture(scope="module")
-def reference(smollm2_gguf):
-    """transformers dequantizes the same GGUF into plain nn.Linear layers (slow: load once)."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32
-    )
-    return model.eval()
+def reference(smollm2_reference):
+    return smollm2_reference
 
 
 def test_config_read_from_gguf(ours):

@@ -1,0 +1,100 @@
+"""Command line: `python -m core generate "..."` and `python -m core chat` (streaming)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from core.decode import MODES, GenerationSettings
+from core.logits import SettingsError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="Generate text with ScratchGPT."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    generate = sub.add_parser("generate", help="complete one prompt and stream the answer")
+    generate.add_argument("prompt")
+    generate.add_argument(
+        "--raw", action="store_true", help="continue the text as is (no chat template)"
+    )
+    chat = sub.add_parser("chat", help="an interactive chat in the terminal")
+    chat.add_argument("--system", default="You are a helpful assistant.", help="system prompt")
+    for p in (generate, chat):
+        p.add_argument(
+            "--model", default="default", help="default, a .gguf, a checkpoint or HF dir"
+        )
+        p.add_argument("--dtype", default="auto", help="auto, fp32 or bf16")
+        p.add_argument("--mode", choices=MODES, default="greedy")
+        p.add_argument("--temperature", type=float, default=0.7)
+        p.add_argument("--top-k", type=int, default=50)
+        p.add_argument("--top-p", type=float, default=0.9)
+        p.add_argument("--repetition-penalty", type=float, default=1.0)
+        p.add_argument("--beams", type=int, default=4, help="beam width (mode beam)")
+        p.add_argument("--length-penalty", type=float, default=1.0)
+        p.add_argument("--early-stopping", action="store_true")
+        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+        p.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> GenerationSettings:
+    settings = GenerationSettings(
+        mode=args.mode, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, num_beams=args.beams,
+        length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+        max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), seed=args.seed,
+    )  # fmt: skip
+    settings.validate()  # before the model loads: a bad flag fails in milliseconds
+    return settings
+
+
+def _print_stream(generation) -> None:
+    for note in generation.notices:
+        print(f"[{note}]", file=sys.stderr)
+    for piece in generation:
+        print(piece, end="", flush=True)
+    print()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from core.engine import LLM, ModelLoadError
+
+    try:
+        settings = _settings(args)
+        if args.command == "generate" and not args.prompt.strip():
+            raise SettingsError("the prompt is empty; give some text to complete.")
+        llm = LLM.load(args.model, dtype=args.dtype)
+        if args.command == "generate":
+            messages = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
+            _print_stream(llm.stream(messages, settings))
+            return 0
+        history = [{"role": "system", "content": args.system}] if args.system else []
+        print(f"Chatting with {llm.name}. Empty line or Ctrl-D to quit.", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ").strip()
+            except EOFError:
+                return 0
+            if not line:
+                return 0
+            history.append({"role": "user", "content": line})
+            generation = llm.stream(history, settings)
+            _print_stream(generation)
+            history.append({"role": "assistant", "content": generation.text})
+    except (SettingsError, ModelLoadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
