@@ -114,6 +114,8 @@ class LLM:
             )
         except (CheckpointError, WeightsError) as err:
             raise ModelLoadError(str(err)) from err
+        if target.type == "cpu" and torch_dtype == torch.float32:
+            model.transpose_weights_()
         if tokenizer is None:
             raise ModelLoadError(
                 f"{source}: no tokenizer found beside the weights (tokenizer.json)."

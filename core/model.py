@@ -104,5 +104,19 @@ class Decoder(nn.Module):
         weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(x, weight)  # (B, T, vocab)
 
+    @torch.no_grad()
+    def transpose_weights_(self) -> Decoder:
+        """Store every matrix transposed in memory, (in, out), keeping its (out, in) shape as a view.
+
+        Batch-1 matmuls on CPU stream that layout ~1.5-2x faster in fp32 (bench/decode.py);
+        emulated bf16 kernels on CPUs without native bf16 are far slower with it, so `core.engine`
+        applies this to fp32 only. Values, names and shapes are unchanged.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                w = module.weight
+                module.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=w.requires_grad)
+        return self
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

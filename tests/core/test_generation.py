@@ -156,3 +156,21 @@ def test_cli_empty_prompt_and_generation():
     proc = subprocess.run([sys.executable, "-m", "core", "generate", "What is 2 + 2?", "--max-new-tokens", "12"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip()
+
+
+def chat_cli(text: str) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "core", "chat", "--max-new-tokens", "16"], cwd=ROOT,
+        input=text, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return [reply.strip() for reply in proc.stdout.split("> ") if reply.strip()]
+
+
+def test_cli_chat_keeps_history_across_turns():
+    """Greedy is deterministic: the second turn differs from the same question asked fresh only
+    if the first turn is still in the prompt."""
+    replies = chat_cli("My name is Ada and I love astronomy.\nWhat do I love?\n")
+    fresh = chat_cli("What do I love?\n")
+    assert len(replies) == 2 and all(replies) and len(fresh) == 1
+    assert replies[1] != fresh[0]
