@@ -13,6 +13,30 @@ from core.config import ModelConfig
 ATTN_IMPLS = ("sdpa", "explicit")
 
 
+# --- linear maps ---------------------------------------------------------------------------
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T + b. For a few rows of fp32 on CPU with W stored row-major, computing (W x^T)^T
+    streams W ~2.5x faster (bench/decode.py: beam search runs 4 rows per step)."""
+    rows = x.numel() // x.shape[-1]
+    if (
+        rows <= 16
+        and x.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and weight.is_contiguous()
+    ):
+        y = torch.mm(weight, x.reshape(rows, -1).t()).t().contiguous()  # (rows, out)
+        y = y.view(*x.shape[:-1], weight.shape[0])
+        return y + bias if bias is not None else y
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and names) whose forward picks the fastest kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 # --- normalisation -------------------------------------------------------------------------
 class LayerNorm(nn.Module):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta, statistics over the last dimension."""
@@ -163,8 +187,8 @@ class CausalSelfAttention(nn.Module):
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         self.split = (q_dim, kv_dim, kv_dim)
         # W_q, W_k, W_v stacked into one matrix: one matmul instead of three, same result.
-        self.qkv = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.attn_bias)
-        self.proj = nn.Linear(q_dim, config.n_embd, bias=config.attn_out_bias)  # W_O
+        self.qkv = Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.attn_bias)
+        self.proj = Linear(q_dim, config.n_embd, bias=config.attn_out_bias)  # W_O
 
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -192,8 +216,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.activation = config.activation
         n_in = 2 * config.ffn_hidden if config.activation == "swiglu" else config.ffn_hidden
-        self.fc = nn.Linear(config.n_embd, n_in, bias=config.mlp_bias)  # [W_gate; W_up] for swiglu
-        self.proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=config.mlp_bias)
+        self.fc = Linear(config.n_embd, n_in, bias=config.mlp_bias)  # [W_gate; W_up] for swiglu
+        self.proj = Linear(config.ffn_hidden, config.n_embd, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)

@@ -5,11 +5,19 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelConfig
-from core.layers import ATTN_IMPLS, Block, KVCache, make_norm, rope_tables, sinusoidal_table
+from core.layers import (
+    ATTN_IMPLS,
+    Block,
+    KVCache,
+    Linear,
+    linear,
+    make_norm,
+    rope_tables,
+    sinusoidal_table,
+)
 
 
 class ContextLengthError(ValueError):
@@ -36,9 +44,7 @@ class Decoder(nn.Module):
         self.ln_f = make_norm(config)
         # Tied embeddings reuse wte's matrix as the output head; untied ones own a separate one.
         self.lm_head = (
-            None
-            if config.tied_embeddings
-            else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            None if config.tied_embeddings else Linear(config.n_embd, config.vocab_size, bias=False)
         )
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
@@ -102,20 +108,30 @@ class Decoder(nn.Module):
             x = x[:, -1:]
         x = self.ln_f(x)
         weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight)  # (B, T, vocab)
+        return linear(x, weight)  # (B, T, vocab)
+
+    @property
+    def layout(self) -> str:
+        """How matrices sit in memory: "row" (out, in), or "transposed" (in, out) behind an (out, in) view."""
+        return "row" if self.wte.weight.is_contiguous() else "transposed"
 
     @torch.no_grad()
-    def transpose_weights_(self) -> Decoder:
-        """Store every matrix transposed in memory, (in, out), keeping its (out, in) shape as a view.
+    def set_layout(self, layout: str) -> Decoder:
+        """Re-store every matrix; values, names and shapes are unchanged.
 
-        Batch-1 matmuls on CPU stream that layout ~1.5-2x faster in fp32 (bench/decode.py);
-        emulated bf16 kernels on CPUs without native bf16 are far slower with it, so `core.engine`
-        applies this to fp32 only. Values, names and shapes are unchanged.
+        fp32 batch-1 matmuls on CPU stream the transposed layout ~1.6x faster (greedy, sampling);
+        with 2-16 rows (beam search) row-major with `layers.linear` is ~3x faster than transposed.
+        Emulated bf16 kernels (CPUs without native bf16) are far slower transposed.
         """
+        if layout not in ("row", "transposed"):
+            raise ValueError(f"layout must be 'row' or 'transposed', got {layout!r}.")
+        if layout == self.layout:
+            return self
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 w = module.weight
-                module.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=w.requires_grad)
+                new = w.contiguous() if layout == "row" else w.t().contiguous().t()
+                module.weight = nn.Parameter(new, requires_grad=w.requires_grad)
         return self
 
     def num_parameters(self) -> int:
