@@ -70,6 +70,7 @@ def test_streamed_pieces_concatenate_to_the_final_text(smollm2, mode):
     assert "".join(pieces) == generation.text and generation.text.strip()
     assert "\ufffd" not in generation.text
     assert generation.finish_reason in ("eos", "length")
+    assert smollm2.model.layout == "transposed"  # beam search's row-major switch is undone
 
 
 def test_seeded_sampling_is_reproducible(smollm2):
