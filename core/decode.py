@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from core.logits import Processors, SettingsError, build_processors, is_greedy, sample_next
+from core.logits import SettingsError, build_processors, is_greedy, sample_next
 from core.model import Decoder
 
 MODES = ("greedy", "sample", "beam")
@@ -63,10 +63,13 @@ class GenerationSettings:
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise SettingsError("stop strings must be non-empty text.")
 
-    def processors(self) -> Processors:
-        temperature = 0.0 if self.mode != "sample" else self.temperature
-        return build_processors(temperature=temperature, top_k=self.top_k, top_p=self.top_p,
-                                repetition_penalty=self.repetition_penalty)  # fmt: skip
+    def token_knobs(self) -> dict[str, float | int]:
+        """`stream_tokens` arguments for this mode: greedy ignores the sampling knobs."""
+        sample = self.mode == "sample"
+        return dict(
+            temperature=self.temperature if sample else 0.0, top_k=self.top_k if sample else 0,
+            top_p=self.top_p if sample else 1.0, repetition_penalty=self.repetition_penalty,
+        )  # fmt: skip
 
 
 @torch.inference_mode()

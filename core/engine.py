@@ -240,21 +240,23 @@ class Generation:
         generator = None
         if s.seed is not None:
             generator = torch.Generator(device=model.wte.weight.device).manual_seed(s.seed)
-        temperature, top_k = (s.temperature, s.top_k) if s.mode == "sample" else (0.0, 0)
+        tokens = stream_tokens(model, self.prompt_ids, max_new_tokens=s.max_new_tokens,
+                               stop_ids=self.llm.tokenizer.stop_token_ids, generator=generator,
+                               **s.token_knobs())  # fmt: skip
+        # Text of ids[:settled] is final (it ended on a whole character); only the tail is
+        # re-decoded per token, and stop strings are searched only past what was already shown
+        # (held-back text keeps any stop string's start out of it).
         ids: list[int] = []
+        settled, settled_text, full = 0, "", ""
         self.finish_reason = "eos"
-        tokens = stream_tokens(
-            model, self.prompt_ids, max_new_tokens=s.max_new_tokens, temperature=temperature, top_k=top_k,
-            top_p=s.top_p if s.mode == "sample" else 1.0, repetition_penalty=s.repetition_penalty,
-            stop_ids=self.llm.tokenizer.stop_token_ids, generator=generator,
-        )  # fmt: skip
         for token in tokens:
             ids.append(token)
             self.new_tokens = len(ids)
-            full = self._decode(ids)
+            full = settled_text + self._decode(ids[settled:])
             if full.endswith("\ufffd"):  # a multi-byte character is still incomplete: wait
                 continue
-            hits = [i for i in (full.find(stop) for stop in s.stop) if i >= 0]
+            settled, settled_text = len(ids), full
+            hits = [i for i in (full.find(stop, len(self.text)) for stop in s.stop) if i >= 0]
             if hits:
                 yield from self._emit(full[: min(hits)])
                 self.finish_reason = "stop_string"
@@ -266,7 +268,7 @@ class Generation:
         if len(ids) >= s.max_new_tokens:
             self.finish_reason = "length"
         # Cut off mid-character by the token budget: drop the incomplete bytes, not show U+FFFD.
-        yield from self._emit(self._decode(ids).rstrip("\ufffd"))
+        yield from self._emit(full.rstrip("\ufffd"))
 
     def _emit(self, text: str) -> Iterator[str]:
         if len(text) > len(self.text) and text.startswith(self.text):

@@ -77,14 +77,12 @@ class ChatService:
             raise ChatInputError(
                 f"The message has {len(message)} characters; the limit is {self.limits.max_message_chars}."
             )
-        if temperature < 0:
-            raise ChatInputError(f"Temperature must be 0 (greedy) or more, got {temperature}.")
         budget = max(1, min(int(max_new_tokens), self.limits.max_new_tokens))
         text = ""
         try:
             generation = self.llm.stream(
                 self.messages(message, history, system_prompt),
-                mode="sample" if temperature > 0 else "greedy", temperature=temperature or 1.0,
+                mode="sample" if temperature > 0 else "greedy", temperature=temperature,
                 top_k=0, top_p=1.0, max_new_tokens=budget, seed=seed,
             )  # fmt: skip
         except SettingsError as err:

@@ -66,41 +66,41 @@ def oracle(theirs, ids, x, dtype):
 logit_cases = st.tuples(st.integers(0, 10_000), st.booleans(), st.booleans())
 
 
+def check_against(ours, theirs, case, dtype) -> None:
+    """Our processor and transformers' warper on the same random (seed, ties, -inf) logits."""
+    seed, ties, inf = case
+    x, ids = random_logits(seed, ties=ties, inf=inf).to(dtype), input_ids(seed)
+    assert_same(ours(ids, x), oracle(theirs, ids, x, dtype))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=40, deadline=None)
 @given(case=logit_cases, k=st.integers(1, 60))
 def test_top_k_matches_transformers(dtype, case, k):
-    seed, ties, inf = case
-    x, ids = random_logits(seed, ties=ties, inf=inf).to(dtype), input_ids(seed)
-    assert_same(TopK(k)(ids, x), oracle(TopKLogitsWarper(k), ids, x, dtype))
+    check_against(TopK(k), TopKLogitsWarper(k), case, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=40, deadline=None)
 @given(case=logit_cases, p=st.sampled_from([1e-9, 1e-3, 0.1, 0.5, 0.8, 0.9, 0.95, 0.999]))
 def test_top_p_matches_transformers(dtype, case, p):
-    seed, ties, inf = case
-    x, ids = random_logits(seed, ties=ties, inf=inf).to(dtype), input_ids(seed)
-    assert_same(TopP(p)(ids, x), oracle(TopPLogitsWarper(p), ids, x, dtype))
+    check_against(TopP(p), TopPLogitsWarper(p), case, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=40, deadline=None)
 @given(case=logit_cases, t=st.sampled_from([1e-4, 0.3, 0.7, 1.0, 1.5, 10.0]))
 def test_temperature_matches_transformers(dtype, case, t):
-    seed, ties, inf = case
-    x, ids = random_logits(seed, ties=ties, inf=inf).to(dtype), input_ids(seed)
-    assert_same(Temperature(t)(ids, x), oracle(TemperatureLogitsWarper(t), ids, x, dtype))
+    check_against(Temperature(t), TemperatureLogitsWarper(t), case, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=40, deadline=None)
 @given(case=logit_cases, penalty=st.sampled_from([0.5, 1.0, 1.1, 1.3, 2.0]))
 def test_repetition_penalty_matches_transformers(dtype, case, penalty):
-    seed, ties, inf = case
-    x, ids = random_logits(seed, ties=ties, inf=inf).to(dtype), input_ids(seed)
-    theirs = RepetitionPenaltyLogitsProcessor(penalty)
-    assert_same(RepetitionPenalty(penalty)(ids, x), oracle(theirs, ids, x, dtype))
+    check_against(
+        RepetitionPenalty(penalty), RepetitionPenaltyLogitsProcessor(penalty), case, dtype
+    )
 
 
 def test_repetition_penalty_ignores_ids_beyond_the_head():

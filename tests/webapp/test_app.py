@@ -46,7 +46,7 @@ def test_history_is_rendered_with_the_chat_template(service):
 @pytest.mark.parametrize(("message", "kwargs", "error"), [
     ("   ", {}, "message is empty"),
     ("x" * 9000, {}, "limit is 8000"),
-    ("hi", {"temperature": -1.0}, "Temperature must be 0"),
+    ("hi", {"temperature": -1.0}, "temperature must be >= 0"),
 ])  # fmt: skip
 def test_bad_requests_are_refused_with_a_reason(service, message, kwargs, error):
     with pytest.raises(ChatInputError, match=error):
