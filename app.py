@@ -1,4 +1,17 @@
-"""ScratchGPT entry point, locally (`make run`) and as a Hugging Face Space. Wiring only."""
+"""ScratchGPT entry point, locally (`make run`) and as a Hugging Face Space. Wiring only.
+
+Settings (environment variables, all optional):
+  GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   where to listen (127.0.0.1:7860)
+  SCRATCHGPT_MODELS_DIR      checkpoints offered in the model selector (models)
+  SCRATCHGPT_DATA            embedded Chroma store (data/chroma); CHROMA_HOST/CHROMA_PORT use a server
+  SCRATCHGPT_LIBRARY         a shared read-only collection every session searches (unset: none)
+  SCRATCHGPT_SESSION_TTL     seconds before an idle session's documents are removed (3600)
+  SCRATCHGPT_MAX_NEW_TOKENS  server cap on reply length (512)
+  SCRATCHGPT_MAX_PROMPT_TOKENS  server cap on prompt length (4096)
+  SCRATCHGPT_MAX_UPLOAD_MB   largest accepted file (20)
+  SCRATCHGPT_CONCURRENCY     replies generated at once (1)
+  SCRATCHGPT_QUEUE_SIZE      requests allowed to wait; more get "Queue is full" (32)
+"""
 
 from __future__ import annotations
 
@@ -6,23 +19,45 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import ingest
 from webapp.chat import ChatService, Limits
+from webapp.documents import Library, start_sweeper
+from webapp.models import ModelRegistry
 from webapp.ui import build_demo
 
 
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
 def main() -> None:
+    upload_mb = env_int("SCRATCHGPT_MAX_UPLOAD_MB", 20)
+    library = Library(
+        path=os.environ.get("SCRATCHGPT_DATA") or None,
+        shared=os.environ.get("SCRATCHGPT_LIBRARY") or None,
+        ttl_s=float(env_int("SCRATCHGPT_SESSION_TTL", 3600)),
+        limits=ingest.Limits(max_bytes=upload_mb * 1024 * 1024),
+    )
+    start_sweeper(library, every_s=min(60.0, library.ttl_s / 4))
     service = ChatService(
-        os.environ.get("SCRATCHGPT_MODEL", "default"),
-        limits=Limits(max_new_tokens=int(os.environ.get("SCRATCHGPT_MAX_NEW_TOKENS", "512"))),
+        ModelRegistry(os.environ.get("SCRATCHGPT_MODELS_DIR", "models")),
+        library,
+        limits=Limits(
+            max_new_tokens=env_int("SCRATCHGPT_MAX_NEW_TOKENS", 512),
+            max_prompt_tokens=env_int("SCRATCHGPT_MAX_PROMPT_TOKENS", 4096),
+        ),
     )
     demo = build_demo(service)
     demo.queue(
-        default_concurrency_limit=1, max_size=int(os.environ.get("SCRATCHGPT_QUEUE_SIZE", "32"))
+        default_concurrency_limit=env_int("SCRATCHGPT_CONCURRENCY", 1),
+        max_size=env_int("SCRATCHGPT_QUEUE_SIZE", 32),
     )
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        server_port=env_int("GRADIO_SERVER_PORT", 7860),
+        max_file_size=f"{upload_mb + 1}mb",  # a little headroom: our own check gives the clear message
         share=False,
     )
 

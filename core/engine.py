@@ -148,17 +148,22 @@ class LLM:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
     def fit_prompt(
-        self, messages: list[dict[str, str]] | str, max_new_tokens: int
-    ) -> tuple[list[int], list[str]]:
+        self, messages: list[dict[str, str]] | str, max_new_tokens: int,
+        max_prompt_tokens: int | None = None,
+    ) -> tuple[list[int], list[str]]:  # fmt: skip
         """Prompt ids that leave room for the reply: drop the oldest turns (never the system
-        prompt or the latest message) until they fit; the notices say what was dropped."""
+        prompt or the latest message) until they fit; the notices say what was dropped.
+
+        `max_prompt_tokens` is a server's own cap on the prompt, below the model's context."""
         budget = self.config.block_size - max_new_tokens
+        if max_prompt_tokens is not None:
+            budget = min(budget, max_prompt_tokens)
         if isinstance(messages, str):
             if not messages.strip():
                 raise SettingsError("the prompt is empty; type something to continue.")
             ids = self.tokenizer.encode(messages)
             if len(ids) > budget:
-                raise SettingsError(_too_long(len(ids), max_new_tokens, self.config.block_size))
+                raise SettingsError(_too_long(len(ids), max_new_tokens, budget))
             return ids, []
         if not messages or not str(messages[-1].get("content", "")).strip():
             raise SettingsError("the last message is empty; type something to continue.")
@@ -170,12 +175,10 @@ class LLM:
             if len(ids) <= budget:
                 break
             if len(turns) <= 1:
-                raise SettingsError(_too_long(len(ids), max_new_tokens, self.config.block_size))
+                raise SettingsError(_too_long(len(ids), max_new_tokens, budget))
             turns, dropped = turns[1:], dropped + 1
         notices = (
-            [
-                f"Dropped the {dropped} oldest message(s) to fit the {self.config.block_size}-token context."
-            ]
+            [f"Dropped the {dropped} oldest message(s) to fit the {budget}-token prompt budget."]
             if dropped
             else []
         )
@@ -183,7 +186,8 @@ class LLM:
 
     def stream(
         self, messages: list[dict[str, str]] | str, settings: GenerationSettings | None = None,
-        *, cancel: threading.Event | None = None, **overrides: Any,
+        *, cancel: threading.Event | None = None, max_prompt_tokens: int | None = None,
+        **overrides: Any,
     ) -> Generation:  # fmt: skip
         """Start a reply: iterate the result for text pieces (their concatenation is the reply).
 
@@ -191,7 +195,7 @@ class LLM:
         """
         settings = replace(settings or GenerationSettings(), **overrides)
         settings.validate(max_new_tokens_cap=self.max_new_tokens_cap, max_beams=self.max_beams)
-        prompt_ids, notices = self.fit_prompt(messages, settings.max_new_tokens)
+        prompt_ids, notices = self.fit_prompt(messages, settings.max_new_tokens, max_prompt_tokens)
         return Generation(self, prompt_ids, settings, cancel, notices)
 
     def generate(self, messages: list[dict[str, str]] | str, settings: GenerationSettings | None = None,
@@ -199,10 +203,10 @@ class LLM:
         return "".join(self.stream(messages, settings, **overrides))
 
 
-def _too_long(n_prompt: int, n_new: int, context: int) -> str:
+def _too_long(n_prompt: int, n_new: int, budget: int) -> str:
     return (
-        f"the prompt has {n_prompt} tokens; with max_new_tokens {n_new} it does not fit the model's "
-        f"{context}-token context. Shorten the prompt or lower max_new_tokens."
+        f"the prompt has {n_prompt} tokens, over its budget of {budget} (the context left after "
+        f"max_new_tokens {n_new}, or the server's prompt cap). Shorten the prompt or lower max_new_tokens."
     )
 
 

@@ -369,7 +369,8 @@ class Store:
         k = max(1, min(k, self.count()))
         return self.collection.query(query_embeddings=vectors, n_results=k, include=include)
 
-    def drop(self) -> None:
-        """Delete this owner's whole collection (e.g. when a session ends or to re-index)."""
+    def drop(self, *, recreate: bool = True) -> None:
+        """Delete this owner's whole collection (to re-index, or for good when a session ends)."""
         self.client.delete_collection(self.collection.name)
-        self.collection = self._open_collection()
+        if recreate:
+            self.collection = self._open_collection()

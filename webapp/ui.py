@@ -1,40 +1,118 @@
-"""The Gradio interface: a streaming chat over `webapp.chat.ChatService`."""
+"""The Gradio page: streaming chat, decoding controls, prompt templates with a "show prompt" view,
+and per-session document upload with cited answers.
+
+Public API (for `gradio_client`): `/chat` (streams the answer text) and `/upload` (files ->
+status). Every other event is private.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import gradio as gr
 
-from webapp.chat import DEFAULT_SYSTEM_PROMPT, ChatInputError, ChatService
+from webapp.chat import DEFAULT_SYSTEM_PROMPT, TEMPLATES, ChatService
+from webapp.handlers import Handlers, mode_changed, template_changed
+from webapp.models import hub_allowed
+
+MODES = [("Greedy", "greedy"), ("Sampling", "sample"), ("Beam search", "beam")]
+TEMPLATE_HELP = (
+    "**chat**: the model's own chat template with your system prompt · **zero-shot**: instruction + "
+    "your message as input · **few-shot**: instruction, the example pairs, then your message · "
+    "**rag**: your documents' best passages as numbered sources + your question."
+)
+PRIVATE = {"api_visibility": "private"}
+MODEL = {"concurrency_id": "model"}  # every event that runs the model shares the model's slots
 
 
 def build_demo(service: ChatService) -> gr.Blocks:
-    """A chat page with a system prompt, temperature and reply-length controls."""
-
-    def respond(message: str, history: list[dict[str, Any]], system_prompt: str,
-                temperature: float, max_new_tokens: float) -> Iterator[str]:  # fmt: skip
-        try:
-            yield from service.reply(message, history, system_prompt=system_prompt,
-                                     temperature=float(temperature), max_new_tokens=int(max_new_tokens))  # fmt: skip
-        except ChatInputError as err:
-            raise gr.Error(str(err)) from err
-
+    """The whole page; nothing is loaded until the first request needs it."""
+    h = Handlers(service)
+    cap = service.limits.max_new_tokens
     with gr.Blocks(title="ScratchGPT") as demo:
         gr.Markdown(
-            "# ScratchGPT\nA chat with a transformer written from first principles, running "
-            f"**{service.source if service.source != 'default' else 'SmolLM2-135M-Instruct'}** on this machine."
+            "# ScratchGPT\nChat with a transformer written from first principles, running on this "
+            "machine. Upload documents to get answers with cited sources (RAG template)."
         )
-        gr.ChatInterface(
-            respond,
-            additional_inputs=[
-                gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt"),
-                gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
-                gr.Slider(
-                    1, service.limits.max_new_tokens, value=256, step=1, label="Max new tokens"
-                ),
-            ],
-            api_name="chat",
-        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chatbot", sanitize_html=True,
+                                     buttons=["copy"], feedback_options=None)  # fmt: skip
+                with gr.Row():
+                    box = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5,
+                                     elem_id="message", max_lines=8)  # fmt: skip
+                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                with gr.Row():
+                    stop = gr.Button("Stop", elem_id="stop")
+                    regen = gr.Button("Regenerate", elem_id="regenerate")
+                    clear = gr.Button("Clear", elem_id="clear")
+                notice = gr.Markdown(elem_id="notice")
+            with gr.Column(scale=2), gr.Tabs():
+                with gr.Tab("Decoding", id="decoding"):
+                    model = gr.Dropdown(
+                        [(label, value) for label, value in service.models.choices()],
+                        value="default", label="Model", allow_custom_value=hub_allowed(),
+                        info="The default, or a checkpoint under models/"
+                        + (" (or type a hub id)" if hub_allowed() else ""),
+                        elem_id="model",
+                    )  # fmt: skip
+                    mode = gr.Radio(MODES, value="greedy", label="Decoding", elem_id="mode")
+                    temperature = gr.Slider(0.0, 2.0, 0.7, step=0.05, label="Temperature",
+                                            info="sampling only; 0 = greedy", interactive=False,
+                                            elem_id="temperature")  # fmt: skip
+                    top_k = gr.Slider(0, 200, 50, step=1, label="Top-k", info="sampling only; 0 = off",
+                                      interactive=False, elem_id="top-k")  # fmt: skip
+                    top_p = gr.Slider(0.05, 1.0, 0.9, step=0.01, label="Top-p (nucleus)",
+                                      info="sampling only; 1 = off", interactive=False, elem_id="top-p")  # fmt: skip
+                    num_beams = gr.Slider(1, 8, 3, step=1, label="Beam width", info="beam search only",
+                                          interactive=False, elem_id="beams")  # fmt: skip
+                    max_new = gr.Slider(1, cap, min(256, cap), step=1, label="Max new tokens",
+                                        info=f"the server allows at most {cap}", elem_id="max-new")  # fmt: skip
+                    repetition = gr.Slider(1.0, 2.0, 1.0, step=0.05, label="Repetition penalty",
+                                           info="1 = off", elem_id="repetition")  # fmt: skip
+                    seed = gr.Number(-1, precision=0, label="Seed", info="sampling only; -1 = random",
+                                     interactive=False, elem_id="seed")  # fmt: skip
+                with gr.Tab("Prompt", id="prompt"):
+                    template = gr.Radio(list(TEMPLATES), value="chat", label="Template", info=TEMPLATE_HELP,
+                                        elem_id="template")  # fmt: skip
+                    system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
+                    instruction = gr.Textbox(label="Instruction (zero-shot and few-shot)", lines=2,
+                                             interactive=False, elem_id="instruction")  # fmt: skip
+                    examples = gr.Dataframe(
+                        value=[["", ""]], headers=["input", "output"], column_count=2, type="array",
+                        label="Few-shot examples", interactive=False, elem_id="examples",
+                    )  # fmt: skip
+                    show = gr.Button("Show prompt", elem_id="show-prompt")
+                    prompt_info = gr.Markdown(elem_id="prompt-info")
+                    prompt_view = gr.Code(label="Exact text sent to the model", lines=8, elem_id="prompt-view",
+                                          interactive=False)  # fmt: skip
+                with gr.Tab("Documents", id="documents"):
+                    files = gr.File(file_count="multiple", file_types=[".pdf", ".txt", ".md"],
+                                    label="Upload PDF, TXT or MD", elem_id="upload")  # fmt: skip
+                    upload_status = gr.Markdown(elem_id="upload-status")
+                    docs = gr.Dataframe(headers=["document", "pages", "chunks", "owner"], interactive=False,
+                                        label="Your documents", elem_id="documents", value=[])  # fmt: skip
+                    with gr.Row():
+                        doc_pick = gr.Dropdown([], label="Document", scale=3, elem_id="doc-pick")
+                        delete = gr.Button("Delete", scale=1, elem_id="delete")
+
+        controls = [model, mode, temperature, top_k, top_p, num_beams, max_new, repetition, seed,
+                    template, system, instruction, examples]  # fmt: skip
+        knobs = [temperature, top_k, top_p, num_beams, seed, repetition]
+        mode.change(mode_changed, mode, knobs, queue=False, **PRIVATE)
+        template.change(template_changed, template, [instruction, examples], queue=False, **PRIVATE)
+
+        outputs = [box, chatbot, notice]
+        submits = [
+            trigger(h.respond, [box, chatbot, *controls], outputs, **PRIVATE, **MODEL)
+            for trigger in (send.click, box.submit)
+        ]
+        regenerating = regen.click(h.regenerate, [chatbot, *controls], outputs, **PRIVATE, **MODEL)
+        stop.click(None, None, None, cancels=[*submits, regenerating], queue=False, **PRIVATE)
+        clear.click(lambda: ([], "", ""), None, [chatbot, notice, box], queue=False, **PRIVATE)
+        show.click(h.show_prompt, [box, chatbot, *controls], [prompt_view, prompt_info], **PRIVATE)
+
+        files.upload(h.upload, files, [upload_status, docs, doc_pick, files], api_name="upload",
+                     concurrency_id="ingest", concurrency_limit=1)  # fmt: skip
+        delete.click(h.delete, doc_pick, [upload_status, docs, doc_pick], **PRIVATE)
+        demo.load(h.on_load, None, [docs, doc_pick], **PRIVATE)
+        gr.api(h.chat_api, api_name="chat", **MODEL)
     return demo

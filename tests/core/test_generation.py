@@ -146,8 +146,18 @@ def test_empty_and_oversized_prompts(smollm2):
         smollm2.stream("   ")
     with pytest.raises(SettingsError, match="last message is empty"):
         smollm2.stream([{"role": "user", "content": ""}])
-    with pytest.raises(SettingsError, match="does not fit the model's 8192-token context"):
+    with pytest.raises(SettingsError, match="over its budget of 8176"):  # 8192-token context - 16
         smollm2.stream("word " * 9000, max_new_tokens=16)
+
+
+def test_server_prompt_cap_drops_old_turns_then_refuses(smollm2):
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 40}
+             for i in range(7)]  # fmt: skip
+    generation = smollm2.stream(turns, max_new_tokens=4, max_prompt_tokens=120)
+    assert len(generation.prompt_ids) <= 120
+    assert generation.notices and "120-token prompt budget" in generation.notices[0]
+    with pytest.raises(SettingsError, match="over its budget of 20"):
+        smollm2.stream(turns, max_new_tokens=4, max_prompt_tokens=20)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -1,87 +1,111 @@
-"""The minimal chat: ChatService on the real default model, and app.py served over HTTP."""
+"""The served app through `gradio_client`: public endpoints, concurrency, the queue limit, uploads."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from gradio_client import Client, handle_file
 
-from webapp.chat import ChatInputError, ChatService, Limits
+from tests.ingest.pdfs import encrypted_pdf
+from tests.webapp.conftest import start_app, stop_app
+from webapp.chat import ChatRequest, ChatService
+from webapp.models import ModelRegistry
 
-ROOT = Path(__file__).resolve().parents[2]
+QUEUE_SIZE = 16
+QUEUE_FULL = "Queue is full! Please try again."  # what a caller gets beyond the queue (README)
 
 
 @pytest.fixture(scope="module")
-def service():
-    return ChatService("default", limits=Limits(max_new_tokens=12))
+def app(tmp_path_factory):
+    running = start_app(tmp_path_factory.mktemp("app"), SCRATCHGPT_QUEUE_SIZE=str(QUEUE_SIZE))
+    yield running
+    stop_app(running)
 
 
-def test_reply_streams_a_growing_answer(service):
-    history = [
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+def test_only_chat_and_upload_are_public(app):
+    api = Client(app.url, verbose=False).view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) == {"/chat", "/upload"}
+    assert not api["unnamed_endpoints"]
+
+
+def test_sixteen_concurrent_chats_answer_correctly_within_bounded_memory(app, smollm2):
+    prompts = [f"What is {i} plus {i}?" for i in range(16)]
+    local = ChatService(ModelRegistry("none", loader=lambda _: smollm2))
+    expected = [list(local.reply(ChatRequest(p, max_new_tokens=8)))[-1].text for p in prompts]
+    clients = [Client(app.url, verbose=False) for _ in prompts]
+    clients[0].predict(
+        "Warm up.", max_new_tokens=2, api_name="/chat"
+    )  # the model loads on first use
+    rss_before = app.rss_kib()
+    jobs = [
+        c.submit(p, max_new_tokens=8, api_name="/chat")
+        for c, p in zip(clients, prompts, strict=True)
     ]
-    states = list(service.reply("What is the capital of France?", history, max_new_tokens=500))
-    assert len(states) > 1
-    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(states))
-    assert "Paris" in states[-1]
-    # the server cap (12 tokens) wins over the client's 500
-    assert len(service.llm.tokenizer.encode(states[-1])) <= 12
-
-
-def test_history_is_rendered_with_the_chat_template(service):
-    messages = service.messages("And Spain?", [{"role": "user", "content": "Capital of France?"},
-                                               {"role": "assistant", "content": "Paris."}], "Be brief.")  # fmt: skip
-    prompt = service.llm.render(messages)
-    assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>")
-    assert prompt.endswith("<|im_start|>user\nAnd Spain?<|im_end|>\n<|im_start|>assistant\n")
-
-
-@pytest.mark.parametrize(("message", "kwargs", "error"), [
-    ("   ", {}, "message is empty"),
-    ("x" * 9000, {}, "limit is 8000"),
-    ("hi", {"temperature": -1.0}, "temperature must be >= 0"),
-])  # fmt: skip
-def test_bad_requests_are_refused_with_a_reason(service, message, kwargs, error):
-    with pytest.raises(ChatInputError, match=error):
-        list(service.reply(message, [], **kwargs))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_app_serves_chat_over_http(tmp_path):
-    """`python app.py` (what `make run` starts) answers through the Gradio API."""
-    from gradio_client import Client
-
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "SCRATCHGPT_MAX_NEW_TOKENS": "16"}
-    log = (tmp_path / "app.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    answers = [job.result(timeout=600) for job in jobs]
+    assert answers == expected  # each caller got its own answer, exactly the greedy reply
+    growth_mib = (app.rss_kib() - rss_before) / 1024
+    print(
+        f"server RSS growth over 16 calls: {growth_mib:.0f} MiB, peak {app.rss_kib('VmHWM') / 1024:.0f} MiB"
     )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, (tmp_path / "app.log").read_text()
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
-        else:
-            pytest.fail("app.py did not start listening within 120 s")
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        answer = client.predict("Say hello.", "You are terse.", 0.0, 16, api_name="/chat")
-        assert isinstance(answer, str) and answer.strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    assert growth_mib < 150
+
+
+def test_callers_beyond_the_queue_get_the_documented_message(app):
+    clients = [Client(app.url, verbose=False) for _ in range(QUEUE_SIZE + 8)]
+    jobs = [c.submit("Name a colour.", max_new_tokens=6, api_name="/chat") for c in clients]
+    done, refused = 0, []
+    for job in jobs:
+        try:
+            assert job.result(timeout=600).strip()
+            done += 1
+        except Exception as err:
+            refused.append(str(err))
+    assert refused and all(QUEUE_FULL in message for message in refused), refused
+    assert done >= QUEUE_SIZE  # everything that fitted in the queue was answered
+    # the server keeps serving once the burst is over
+    assert (
+        Client(app.url, verbose=False)
+        .predict("Say hi.", max_new_tokens=4, api_name="/chat")
+        .strip()
+    )
+
+
+def test_upload_endpoint_indexes_and_rejects_with_reasons(app, tmp_path):
+    good = tmp_path / "notes.md"
+    good.write_text("# Notes\n\nThe observatory's telescope is called Old Saturn.")
+    locked = tmp_path / "locked.pdf"
+    locked.write_bytes(encrypted_pdf("AES-256"))
+    fake = tmp_path / "setup.pdf"
+    fake.write_bytes(b"MZ\x90\x00\x03" + os.urandom(2000))
+    client = Client(app.url, verbose=False)
+    status, table, *_ = client.predict(
+        [handle_file(p) for p in (locked, fake, good)], api_name="/upload"
+    )
+    lines = status.split("\n\n")
+    assert lines[0].startswith("❌ locked.pdf:") and "password-protected" in lines[0]
+    assert lines[1].startswith("❌ setup.pdf:") and "not a pdf" in lines[1].lower()
+    assert lines[2].startswith("✅ Added") and "notes.md" in lines[2]
+    assert [row[0] for row in table["data"]] == ["notes.md"]  # the rejected files left no trace
+    answer = client.predict(
+        "What is the observatory's telescope called?", template="rag", api_name="/chat"
+    )
+    assert "**Sources**" in answer and "notes.md, page 1" in answer
+    other = Client(app.url, verbose=False)  # another session: nothing of this one's
+    with pytest.raises(Exception, match="none are indexed yet"):
+        other.predict(
+            "What is the observatory's telescope called?", template="rag", api_name="/chat"
+        )
+    # uploads are read and deleted, so nothing is left to download (Gradio keeps empty temp files)
+    leftovers = [p for p in (app.tmp / "gradio").rglob("*") if p.is_file() and p.stat().st_size]
+    assert not leftovers, leftovers
+
+
+def test_make_run_answers_offline_quickly(app):
+    """The served default model answers through the public API within a sane time."""
+    start = time.perf_counter()
+    answer = Client(app.url, verbose=False).predict(
+        "What is the capital of France?", api_name="/chat"
+    )
+    assert "Paris" in answer and time.perf_counter() - start < 60

@@ -1,0 +1,227 @@
+"""webapp.chat, webapp.documents and webapp.models in-process, on the real model, embedder and Chroma."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import pytest
+
+from core import checkpoint
+from core.config import ModelConfig
+from core.model import Decoder
+from core.tokenizer import Tokenizer
+from ingest import Embedder
+from tests.ingest.pdfs import text_pdf
+from webapp.chat import (
+    ChatInputError,
+    ChatRequest,
+    ChatService,
+    Limits,
+    answer_markdown,
+    conversation,
+    sources_markdown,
+)
+from webapp.documents import Library
+from webapp.models import ModelChoiceError, ModelRegistry
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder(precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def registry(smollm2) -> ModelRegistry:
+    return ModelRegistry("no-models-here", loader=lambda source: smollm2)
+
+
+@pytest.fixture
+def library(tmp_path, embedder):
+    lib = Library(path=tmp_path / "chroma", embedder=embedder, clock=Clock())
+    yield lib
+    lib.close()
+
+
+@pytest.fixture
+def service(registry, library) -> ChatService:
+    return ChatService(registry, library, limits=Limits(max_new_tokens=12, max_prompt_tokens=600))
+
+
+def test_reply_streams_a_growing_answer_clamped_by_the_server(service):
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]}]  # fmt: skip
+    states = [
+        r.text
+        for r in service.reply(
+            ChatRequest("What is the capital of France?", history, max_new_tokens=500)
+        )
+    ]
+    assert len(states) > 1
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(states))
+    assert "Paris" in states[-1]
+    assert len(service.models.get("default").tokenizer.encode(states[-1])) <= 12  # cap 12, not 500
+
+
+def test_each_template_builds_the_prompt_it_promises(service):
+    chat = service.prepare(ChatRequest("And Spain?", [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris." + "\n\n---\n**Sources**\n\n**\\[1\\]** a.pdf"},
+    ], system_prompt="Be brief."))  # fmt: skip
+    assert chat.text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert "<|im_start|>assistant\nParis.<|im_end|>" in chat.text  # sources never go back in
+    assert chat.text.endswith("<|im_start|>user\nAnd Spain?<|im_end|>\n<|im_start|>assistant\n")
+    assert len(chat.ids) == len(service.models.get("default").tokenizer.encode(chat.text))
+
+    zero = service.prepare(
+        ChatRequest("I loved it", template="zero-shot", instruction="Classify the sentiment.")
+    )
+    assert "user\nClassify the sentiment.\n\nInput:\nI loved it<|im_end|>" in zero.text
+
+    few = service.prepare(ChatRequest("It was awful", template="few-shot", instruction="Sentiment?",
+                                      examples=[("Great film", "positive"), ("", ""), ("Boring", "negative")]))  # fmt: skip
+    body = few.text.split("<|im_start|>user\n")[1]
+    assert body.startswith(
+        "Sentiment?\n\nInput: Great film\nOutput: positive\n\nInput: Boring\nOutput: negative\n\n"
+        "Input: It was awful\nOutput:"
+    )
+    with pytest.raises(ChatInputError, match="instruction is empty"):
+        service.prepare(ChatRequest("x", template="zero-shot"))
+    with pytest.raises(ChatInputError, match="example 1 needs both"):
+        service.prepare(
+            ChatRequest("x", template="few-shot", instruction="i", examples=[("a", "")])
+        )
+
+
+@pytest.mark.parametrize(("request_", "error"), [
+    (ChatRequest("   "), "message is empty"),
+    (ChatRequest("x" * 9000), "limit is 8000"),
+    (ChatRequest("hi", mode="sample", temperature=-1.0), "temperature must be >= 0"),
+    (ChatRequest("hi", mode="sample", top_p=1.5), "top_p must be in"),
+    (ChatRequest("hi", mode="beam", num_beams=40), "num_beams must be a whole number from 1 to 8"),
+    (ChatRequest("hi", template="poem"), "template must be one of"),
+    (ChatRequest("hi", model="/etc/passwd"), "not one of this server's models"),
+    (ChatRequest("word " * 700), "725 tokens, over its budget of 600"),  # the server's prompt cap
+    (ChatRequest("hi", template="rag"), "none are indexed yet"),
+])  # fmt: skip
+def test_bad_requests_are_refused_with_a_reason(service, request_, error):
+    with pytest.raises(ChatInputError, match=error):
+        list(service.reply(request_, "session-a"))
+
+
+def test_rag_cites_numbered_sources_from_the_sessions_documents(service, library):
+    pdf = text_pdf(["Cover page about nothing in particular.",
+                    "The lighthouse keeper's cat is named Marmalade Tusk."])  # fmt: skip
+    [result] = library.add_files("session-a", [("keeper.pdf", pdf)])
+    assert result.ok, result.message
+    request = ChatRequest("What is the lighthouse keeper's cat named?", template="rag")
+    prepared = service.prepare(request, "session-a")
+    assert prepared.sources[0].source == "keeper.pdf" and prepared.sources[0].page == 2
+    assert (
+        "[1] (keeper.pdf, page 2)\nThe lighthouse keeper's cat is named Marmalade Tusk."
+        in prepared.text
+    )
+    final = list(service.reply(request, "session-a"))[-1]
+    assert final.done and final.sources[0].page == 2
+    shown = answer_markdown(final)
+    assert "**\\[1\\]** keeper.pdf, page 2 · score" in shown
+    assert conversation([{"role": "assistant", "content": shown}]) == [
+        {"role": "assistant", "content": final.text}
+    ]
+    with pytest.raises(
+        ChatInputError, match="none are indexed yet"
+    ):  # another session sees nothing
+        service.prepare(request, "session-b")
+
+
+def test_a_rag_question_during_indexing_waits_for_it(service, library):
+    pages = [f"Paragraph {i} about harbour logistics and tide tables. " * 30 for i in range(12)]
+    pages[7] = "The harbour master's password is CORAL-LANTERN."
+    worker = threading.Thread(
+        target=library.add_files, args=("session-a", [("harbour.pdf", text_pdf(pages))])
+    )
+    worker.start()
+    while not library.indexing("session-a"):
+        time.sleep(0.01)
+    replies = iter(
+        service.reply(
+            ChatRequest("What is the harbour master's password?", template="rag"), "session-a"
+        )
+    )
+    assert "Waiting for your uploads to finish indexing" in next(replies).text
+    *_, final = replies
+    worker.join()
+    assert final.sources and final.sources[0].page == 8
+    assert any("best of 4 sources to fit the prompt budget" in n for n in final.notices)
+
+
+def test_sources_are_shown_as_inert_text():
+    from ingest import Hit
+
+    hit = Hit('<script>alert(1)</script> <img src=x onerror=alert(2)> [x](javascript:alert(3))',
+              "<b>a</b>.md", 1, 0.5, "id", "hash")  # fmt: skip
+    shown = sources_markdown([hit])
+    assert "<script>" not in shown and "<img" not in shown and "<b>" not in shown
+    assert "&lt;script&gt;" in shown and "\\[x\\](javascript:alert(3))" in shown
+
+
+def test_sessions_are_isolated_and_idle_ones_expire(library, tmp_path, embedder):
+    owner_a, owner_b = library.owner_for("key-a"), library.owner_for("key-b")
+    assert owner_a != owner_b and owner_a == library.owner_for("key-a")
+    assert "key-a" not in owner_a  # the owner id is the server's own random value
+    library.add_files("key-a", [("canary.txt", b"The canary phrase is QUILL-ORBIT-77.")])
+    assert [d.source for d in library.documents("key-a")] == ["canary.txt"]
+    assert library.documents("key-b") == []
+    assert library.search("key-b", "canary phrase", 5) == []
+    library.clock.now += 3000  # key-b active, key-a idle for < ttl
+    library.owner_for("key-b")
+    assert library.sweep() == []
+    library.clock.now += 700  # key-a idle for 3700 s > 3600 s
+    assert library.sweep() == [owner_a]
+    names = {c.name for c in library._stores[owner_b].client.list_collections()}
+    assert not any("QUILL" in n for n in names)
+    assert library.documents("key-a") == []  # a returning session starts empty, under a new owner
+    assert library.owner_for("key-a") != owner_a
+
+
+def test_a_shared_library_is_searched_by_every_session_and_read_only(tmp_path, embedder):
+    from ingest import Store
+
+    with Store("team-library", path=tmp_path / "chroma", embedder=embedder) as store:
+        store.add_file(b"The team's launch date is the ninth of Thermidor.", name="plan.txt")
+    lib = Library(path=tmp_path / "chroma", embedder=embedder, shared="team-library")
+    try:
+        rows = lib.documents("anyone")
+        assert [(r.source, r.shared) for r in rows] == [("plan.txt", True)]
+        assert lib.search("anyone", "launch date", 3)[0].source == "plan.txt"
+        with pytest.raises(Exception, match="No document 'plan.txt'"):
+            lib.delete("anyone", "plan.txt")
+        assert lib.documents("someone-else")[0].source == "plan.txt"
+    finally:
+        lib.close()
+
+
+def test_model_selector_lists_checkpoints_and_refuses_the_rest(tmp_path, monkeypatch):
+    config = ModelConfig(vocab_size=300, n_layer=1, n_head=2, n_embd=16, block_size=32)
+    tokenizer = Tokenizer.train(["hello world " * 50], 300)
+    checkpoint.save(Decoder(config), tmp_path / "tiny-demo", tokenizer)
+    (tmp_path / "not-a-model").mkdir()
+    registry = ModelRegistry(tmp_path, capacity=1)
+    assert registry.choices() == [("SmolLM2-135M-Instruct (default)", "default"),
+                                  ("tiny-demo", str(tmp_path / "tiny-demo"))]  # fmt: skip
+    llm = registry.get(str(tmp_path / "tiny-demo"))
+    assert llm.config.n_embd == 16 and registry.get(str(tmp_path / "tiny-demo")) is llm
+    for bad in ("/etc/passwd", "../models", str(tmp_path / "not-a-model")):
+        with pytest.raises(ModelChoiceError, match="not one of this server's models"):
+            registry.resolve(bad)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelChoiceError, match="this server is offline"):
+        registry.resolve("HuggingFaceTB/SmolLM2-360M-Instruct")

@@ -1,0 +1,211 @@
+"""The Gradio event functions behind `webapp.ui`: they turn component values into
+`webapp.chat` calls and Gradio updates, and user errors into `gr.Error` messages.
+
+The session's document collection is keyed on the server by the Gradio session; no input from
+the client names it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio.data_classes import FileData
+
+from webapp.chat import (
+    DEFAULT_SYSTEM_PROMPT,
+    ChatInputError,
+    ChatRequest,
+    ChatService,
+    Reply,
+    answer_markdown,
+    plain,
+)
+
+# Which knobs each mode reads; the others are shown greyed out rather than silently ignored.
+USES = {
+    "greedy": {"repetition_penalty"},
+    "sample": {"temperature", "top_k", "top_p", "seed", "repetition_penalty"},
+    "beam": {"num_beams", "repetition_penalty"},
+}
+KNOBS = ("temperature", "top_k", "top_p", "num_beams", "seed", "repetition_penalty")
+
+
+def session_key(request: gr.Request | None) -> str:
+    """The Gradio session this request belongs to (set by the server's session handling)."""
+    key = getattr(request, "session_hash", None)
+    if not key:
+        raise gr.Error("This request has no session; reload the page.")
+    return str(key)
+
+
+def uploaded(files: Any) -> list[tuple[str, bytes]]:
+    """(name, bytes) of uploaded files; Gradio's cached copy is removed so nobody can download it."""
+    out = []
+    for item in files or []:
+        path = Path(
+            item
+            if isinstance(item, str)
+            else item.get("path")
+            if isinstance(item, dict)
+            else item.path
+        )
+        name = os.path.basename(
+            (item.get("orig_name") if isinstance(item, dict) else None) or path.name
+        )
+        out.append((name, path.read_bytes()))
+        path.unlink(missing_ok=True)
+        if path.parent.name != "gradio" and not any(path.parent.iterdir()):
+            shutil.rmtree(path.parent, ignore_errors=True)
+    return out
+
+
+PROGRESS = gr.Progress()  # Gradio injects a live tracker wherever this default appears
+
+
+class Handlers:
+    """The event functions, bound to one `ChatService`."""
+
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+
+    # -- chat --------------------------------------------------------------------------------------
+
+    def request(self, message: str, history: list[dict[str, Any]], *controls: Any) -> ChatRequest:
+        (model, mode, temperature, top_k, top_p, num_beams, max_new_tokens, repetition_penalty,
+         seed, template, system_prompt, instruction, examples) = controls  # fmt: skip
+        rows = [tuple(str(c or "") for c in row[:2]) for row in (examples or []) if len(row) >= 2]
+        return ChatRequest(
+            message=message, history=history, template=template, system_prompt=system_prompt or "",
+            instruction=instruction or "", examples=rows, model=model or "default", mode=mode,
+            temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
+            max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+            seed=None if seed is None else int(seed),
+        )  # fmt: skip
+
+    def _stream(self, chat: ChatRequest, key: str) -> Iterator[Reply]:
+        try:
+            yield from self.service.reply(chat, key)
+        except ChatInputError as err:
+            raise gr.Error(str(err)) from err
+
+    def respond(self, message: str, history: list[dict[str, Any]], *controls: Any,
+                request: gr.Request) -> Iterator[tuple[str, list[dict[str, Any]], str]]:  # fmt: skip
+        """Stream an answer into the chat; the sources go beneath it."""
+        key = session_key(request)
+        chat = self.request(message, history, *controls)
+        shown = [*history, {"role": "user", "content": message}]
+        yield "", [*shown, {"role": "assistant", "content": "…"}], ""
+        reply = Reply("")
+        for reply in self._stream(chat, key):
+            yield "", [*shown, {"role": "assistant", "content": answer_markdown(reply) or "…"}], ""
+        yield "", [*shown, {"role": "assistant", "content": answer_markdown(reply)}], notices(reply)
+
+    def regenerate(self, history: list[dict[str, Any]], *controls: Any,
+                   request: gr.Request) -> Iterator[tuple[str, list[dict[str, Any]], str]]:  # fmt: skip
+        """Answer the last user message again (with the current settings)."""
+        users = [i for i, turn in enumerate(history) if turn.get("role") == "user"]
+        if not users:
+            raise gr.Error("Nothing to regenerate yet: send a message first.")
+        last = users[-1]
+        message = str(history[last].get("content") or "")
+        yield from self.respond(message, history[:last], *controls, request=request)
+
+    def show_prompt(self, message: str, history: list[dict[str, Any]], *controls: Any,
+                    request: gr.Request) -> tuple[str, str]:  # fmt: skip
+        """The exact text the model would read for this message, and its token count."""
+        try:
+            prepared = self.service.prepare(
+                self.request(message, history, *controls), session_key(request)
+            )
+        except ChatInputError as err:
+            raise gr.Error(str(err)) from err
+        info = (
+            f"**{len(prepared.ids)} tokens** of a {prepared.budget}-token prompt budget "
+            f"(context {prepared.llm.config.block_size}, minus max new tokens, within the server cap)."
+        )
+        if prepared.notices:
+            info += "  \n" + " ".join(prepared.notices)
+        return prepared.text, info
+
+    def chat_api(
+        self, message: str, template: str = "chat", mode: str = "greedy", temperature: float = 0.7,
+        top_k: int = 50, top_p: float = 0.9, num_beams: int = 3, max_new_tokens: int = 256,
+        repetition_penalty: float = 1.0, seed: int = -1, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        instruction: str = "", model: str = "default", request: gr.Request = None,  # type: ignore[assignment]
+    ) -> Iterator[str]:  # fmt: skip
+        """One question (no history) -> the streamed answer; RAG answers end with their sources."""
+        chat = ChatRequest(
+            message=message, template=template, mode=mode, temperature=temperature, top_k=top_k,
+            top_p=top_p, num_beams=num_beams, max_new_tokens=max_new_tokens,
+            repetition_penalty=repetition_penalty, seed=seed, system_prompt=system_prompt,
+            instruction=instruction, model=model,
+        )  # fmt: skip
+        for reply in self._stream(chat, session_key(request)):
+            yield answer_markdown(reply)
+
+    # -- documents ---------------------------------------------------------------------------------
+
+    def _library(self) -> Any:
+        if self.service.library is None:
+            raise gr.Error("Document upload is switched off on this server.")
+        return self.service.library
+
+    def documents(self, key: str) -> tuple[list[list[Any]], dict[str, Any]]:
+        rows = self._library().documents(key)
+        table = [
+            [r.source, r.pages, r.chunks, "shared (read-only)" if r.shared else "yours"]
+            for r in rows
+        ]
+        own = sorted({r.source for r in rows if not r.shared})
+        return table, gr.update(choices=own, value=own[0] if own else None)
+
+    def upload(
+        self, files: list[FileData], request: gr.Request, progress: gr.Progress = PROGRESS
+    ) -> tuple[str, list[list[Any]], Any, None]:
+        """Index uploaded PDF/TXT/MD files; each rejected file gets its reason."""
+        key = session_key(request)
+        library = self._library()
+        batch = uploaded(files)
+        if not batch:
+            raise gr.Error("Choose one or more PDF, TXT or MD files to upload.")
+        results = library.add_files(key, batch, lambda f, what: progress(f, desc=what))
+        lines = [("✅ " if r.ok else "❌ ") + plain(r.message if r.ok else f"{r.name}: {r.message}")
+                 for r in results]  # fmt: skip
+        table, pick = self.documents(key)
+        return "\n\n".join(lines), table, pick, None
+
+    def delete(self, source: str, request: gr.Request) -> tuple[str, list[list[Any]], Any]:
+        key = session_key(request)
+        if not source:
+            raise gr.Error("Pick one of your documents to delete.")
+        try:
+            removed = self._library().delete(key, source)
+        except Exception as err:  # DocumentNotFoundError and store failures: say which
+            raise gr.Error(str(err)) from err
+        table, pick = self.documents(key)
+        return f"Deleted {plain(source)} ({removed} chunks).", table, pick
+
+    def on_load(self, request: gr.Request) -> tuple[list[list[Any]], Any]:
+        if self.service.library is None:
+            return [], gr.update(choices=[])
+        return self.documents(session_key(request))
+
+
+def notices(reply: Reply) -> str:
+    return "  \n".join(f"ℹ️ {plain(n)}" for n in reply.notices)
+
+
+def mode_changed(mode: str) -> list[Any]:
+    return [gr.update(interactive=knob in USES.get(mode, ())) for knob in KNOBS]
+
+
+def template_changed(template: str) -> list[Any]:
+    return [
+        gr.update(interactive=template in ("zero-shot", "few-shot")),
+        gr.update(interactive=template == "few-shot"),
+    ]
