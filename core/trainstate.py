@@ -1,0 +1,289 @@
+"""Training settings and the resumable state beside a checkpoint, stored without pickle.
+
+A training checkpoint directory is a normal model checkpoint (`core.checkpoint`) plus:
+  training_state/tensors.safetensors  optimizer moments and steps, torch (and CUDA) RNG states
+  training_state/trainer.json         settings, step, data position, schedule, python/numpy RNG
+  log.jsonl, metrics.json, loss.png   the run's history so far
+Everything is assembled in a staging directory and swapped in with one rename, so a crash leaves
+the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import checkpoint
+
+STATE_DIR, TENSORS_FILE, TRAINER_FILE = "training_state", "tensors.safetensors", "trainer.json"
+LOG_FILE, METRICS_FILE, PLOT_FILE = "log.jsonl", "metrics.json", "loss.png"
+PRECISIONS = ("fp32", "bf16", "fp16")
+ARCHES = ("classic", "gpt2", "llama")
+
+
+class TrainError(ValueError):
+    """Training settings or a resume checkpoint that cannot be used; the message says what to fix."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; JSON in, JSON out (saved in trainer.json for `--resume`)."""
+
+    mode: str = "pretrain"  # pretrain | finetune
+    data: list[str] = field(default_factory=list)  # text files/folders/globs, or JSONL files
+    out: str = "models/run"
+    val: str | None = None  # finetune: a validation JSONL (else the last val_fraction of data)
+    init: str | None = None  # finetune: anything `core.engine.read_source` accepts
+    arch: str = "classic"
+    tokenizer: str | None = None  # pretrain: a tokenizer dir; else one is trained on the corpus
+    vocab_size: int | None = None  # pretrain: None -> the preset's
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None  # finetune: longest sequence (default: the model's context)
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr: float | None = None  # None -> lr / 10
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 disables
+    eval_every: int = 100
+    eval_steps: int = 20  # validation batches per evaluation
+    save_every: int = 500
+    val_fraction: float = 0.1
+    precision: str = "fp32"
+    seed: int = 1337
+    resume: str | None = None
+    max_minutes: float | None = None
+    freeze_all_but: int | None = None  # train only the last N blocks + final norm + LM head
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("pretrain", "finetune"):
+            raise TrainError(f"mode must be pretrain or finetune, got {self.mode!r}.")
+        if self.precision not in PRECISIONS:
+            raise TrainError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
+        if self.arch not in ARCHES:
+            raise TrainError(f"arch must be one of {ARCHES}, got {self.arch!r}.")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.mode == "finetune" and not self.init:
+            raise TrainError("finetune needs --init: a checkpoint dir, a .gguf, or 'default'.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}.")
+        return cls(**data)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr` over `warmup_steps`, then cosine decay to `min_lr` at `max_steps`."""
+    min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
+
+
+@dataclass
+class Progress:
+    """Where a run is: optimizer steps, global micro-batches consumed, tokens seen, history."""
+
+    step: int = 0
+    micro_batches: int = 0  # the data position: global micro-batches consumed so far
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    global_batch: int = 0  # sequences per micro-step over all processes
+    train_items: int = 0  # blocks or examples in the training set: resume needs the same data
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- RNG and optimizer
+def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(JSON-able python/numpy states, torch/CUDA state tensors)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    plain = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+    }
+    return plain, tensors
+
+
+def set_rng_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def optimizer_to_safetensors(
+    state: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Split `optimizer.state_dict()` into JSON (groups, scalars) and tensors (moments, steps)."""
+    tensors, scalars = {}, {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return {"param_groups": state["param_groups"], "scalars": scalars}, tensors
+
+
+def optimizer_from_safetensors(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in plain["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+# --------------------------------------------------------------------------- save / load
+def save(
+    out: str | Path, model: torch.nn.Module, tokenizer: Any, optimizer_state: dict[str, Any],
+    cfg: TrainConfig, progress: Progress, metrics: dict[str, Any],
+) -> Path:  # fmt: skip
+    """Write the checkpoint, training state and history; swap them into `out` in one rename."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.staging")
+    checkpoint.save(model, staging, tokenizer)
+    (staging / STATE_DIR).mkdir()
+    opt_plain, tensors = optimizer_to_safetensors(optimizer_state)
+    rng_plain, rng_tensors = rng_state()
+    save_file({**tensors, **rng_tensors}, str(staging / STATE_DIR / TENSORS_FILE))
+    trainer = {
+        "format": 1, "config": dataclasses.asdict(cfg), "step": progress.step,
+        "micro_batches": progress.micro_batches, "tokens": progress.tokens,
+        "elapsed_s": progress.elapsed_s, "global_batch": progress.global_batch,
+        "train_items": progress.train_items, "lr": lr_at(progress.step, cfg),
+        "optimizer": opt_plain, "rng": rng_plain,
+    }  # fmt: skip
+    (staging / STATE_DIR / TRAINER_FILE).write_text(json.dumps(trainer), encoding="utf-8")
+    lines = "".join(json.dumps(r) + "\n" for r in progress.log)
+    (staging / LOG_FILE).write_text(lines, encoding="utf-8")
+    (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    plot_losses(progress.log, staging / PLOT_FILE)
+    _swap_in(staging, out)
+    return out
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class Resumed:
+    """Everything read back from a training checkpoint."""
+
+    path: Path
+    config: Any  # ModelConfig
+    state: dict[str, torch.Tensor]
+    tokenizer: Any
+    trainer: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    def progress(self) -> Progress:
+        t = self.trainer
+        log = [r for r in self.log() if r.get("step", 0) <= t["step"]]
+        return Progress(
+            t["step"], t["micro_batches"], t["tokens"], t["elapsed_s"], t["global_batch"],
+            t["train_items"], log,
+        )  # fmt: skip
+
+    def log(self) -> list[dict[str, Any]]:
+        path = self.path / LOG_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def read_trainer(path: str | Path) -> dict[str, Any]:
+    """`training_state/trainer.json` of a checkpoint dir; a clear error when it is not resumable."""
+    file = Path(path) / STATE_DIR / TRAINER_FILE
+    if not file.is_file():
+        raise TrainError(f"{file}: not found; {path} is not a resumable training checkpoint.")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TrainError(f"{file}: damaged ({err}); resume from another checkpoint.") from err
+
+
+def load(path: str | Path) -> Resumed:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    trainer = read_trainer(path)
+    config, state, tokenizer = checkpoint.load_state(path)
+    tensors = load_file(str(path / STATE_DIR / TENSORS_FILE))
+    return Resumed(path, config, state, tokenizer, trainer, tensors)
+
+
+def check_same_architecture(expected: Any, resumed: Resumed) -> None:
+    """Refuse to resume weights of another shape or flavour than the run describes."""
+    ours, theirs = expected.to_dict(), resumed.config.to_dict()
+    diff = [k for k in ours if k != "name" and ours[k] != theirs.get(k)]
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs run {ours[k]!r}" for k in diff[:4])
+        raise TrainError(
+            f"{resumed.path / checkpoint.CONFIG_FILE}: the checkpoint is another architecture "
+            f"({shown}); resume with the settings it was trained with, or start a new run."
+        )
+
+
+def plot_losses(log: list[dict[str, Any]], path: Path) -> None:
+    """Train and validation loss against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in log if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for points, label, style in ((train, "train", "-"), (val, "validation", "o-")):
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
