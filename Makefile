@@ -39,6 +39,7 @@ test-all: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(PY) bench/forward.py
 	$(PY) bench/decode.py
+	$(PY) bench/train.py
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
