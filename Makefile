@@ -10,7 +10,7 @@ export ANONYMIZED_TELEMETRY := False
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-all bench lint format clean
+.PHONY: run test test-all bench lint format clean train-demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(DEV_STAMP)
 	$(PY) bench/forward.py
 	$(PY) bench/decode.py
 	$(PY) bench/train.py
+
+# Issue 6 demo: prepare corpora splits, pre-train `classic` on CPU (<= 20 min), fine-tune the demo
+# model and SmolLM2 (task + instruction), evaluate before/after; tables in data/recipes/results/.
+train-demo: $(DEV_STAMP)
+	$(PY) -m core.recipes all
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check .

@@ -1,0 +1,153 @@
+"""Score a model on held-out recipe examples, the unigram baseline, and samples from a model.
+
+Each held-out row is asked exactly as fine-tuning renders it: one user message whose content is
+the prompt (task rows) or `prompts.instruction(instruction, input)` (Alpaca rows), through the
+model's chat template, answered by greedy decoding. Scores:
+  label  the first of the example's labels named in the answer equals the gold label (accuracy);
+  exact  the answer's first words equal the gold words, after normalising case, punctuation, space.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core import prompts
+
+_PUNCT = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation dropped (apostrophes inside words kept), whitespace collapsed."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def first_label(answer: str, labels: Sequence[str]) -> str | None:
+    """The label named earliest in `answer` (whole words, normalised); ties go to the longest."""
+    text = f" {normalize(answer)} "
+    best: tuple[int, int, str] | None = None
+    for label in labels:
+        at = text.find(f" {normalize(label)} ")
+        if at >= 0 and (best is None or (at, -len(label)) < best[:2]):
+            best = (at, -len(label), label)
+    return best[2] if best else None
+
+
+def score_label(answer: str, gold: str, labels: Sequence[str]) -> bool:
+    return first_label(answer, labels) == gold
+
+
+def score_exact(answer: str, gold: str) -> bool:
+    """The answer starts with the gold words (case, punctuation and spacing ignored)."""
+    want = normalize(gold).split()
+    return bool(want) and normalize(answer).split()[: len(want)] == want
+
+
+def score(row: dict[str, Any], answer: str) -> bool:
+    gold = row.get("completion", row.get("output", ""))
+    if row.get("labels"):
+        return score_label(answer, gold, row["labels"])
+    return score_exact(answer, gold)
+
+
+def user_content(row: dict[str, Any]) -> str:
+    """The user message fine-tuning builds from a row (task or Alpaca shape)."""
+    if "prompt" in row:
+        return row["prompt"]
+    return prompts.instruction(row["instruction"], row.get("input", ""))
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def evaluate_rows(llm: Any, rows: Sequence[dict[str, Any]], max_new_tokens: int = 12) -> dict:
+    """Accuracy per task plus every answer; `llm` is a `core.engine.LLM`."""
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    answers = []
+    started = time.perf_counter()
+    for row in rows:
+        messages = [{"role": "user", "content": user_content(row)}]
+        answer = "".join(llm.stream(messages, mode="greedy", max_new_tokens=max_new_tokens))
+        task, ok = row.get("task", "task"), score(row, answer)
+        hits[task] += ok
+        totals[task] += 1
+        answers.append({"task": task, "answer": answer, "gold": row.get("completion", row.get("output")), "ok": ok})  # fmt: skip
+    accuracy = {task: hits[task] / totals[task] for task in totals}
+    return {"accuracy": accuracy, "n": dict(totals), "answers": answers,
+            "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+
+
+def first_per_task(rows: Sequence[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The first `limit` rows of each task, in file order (all rows when `limit` is None)."""
+    seen: Counter[str] = Counter()
+    kept = []
+    for row in rows:
+        seen[row.get("task", "task")] += 1
+        if limit is None or seen[row.get("task", "task")] <= limit:
+            kept.append(row)
+    return kept
+
+
+def evaluate(source: str | Path, test_file: str | Path, max_new_tokens: int = 12,
+             limit: int | None = None) -> dict:  # fmt: skip
+    """Load `source` with `core.engine.LLM.load`; score it on (up to `limit` per task) test rows."""
+    from core.engine import LLM
+
+    rows = first_per_task(read_rows(test_file), limit)
+    result = evaluate_rows(LLM.load(source, dtype="fp32"), rows, max_new_tokens)
+    return {"model": str(source), "test_file": str(test_file), **result}
+
+
+# --------------------------------------------------------------------------- unigram baseline
+def unigram_perplexity(train_ids: Sequence[int], val_ids: Sequence[int], vocab_size: int) -> float:
+    """exp(mean NLL) of `val_ids` under add-one-smoothed unigram counts of `train_ids`."""
+    if not val_ids:
+        raise ValueError("the validation split has no tokens; nothing to score.")
+    counts = Counter(train_ids)
+    total = len(train_ids) + vocab_size
+    nll = sum(-math.log((counts[t] + 1) / total) for t in val_ids)
+    return math.exp(nll / len(val_ids))
+
+
+def split_stream(stream: Sequence[int], val_fraction: float, block_size: int):
+    """(train ids, val target ids) as `core.data` splits the pre-training stream: the tail is
+    validation, cut into blocks of block_size + 1 whose targets are the last block_size tokens."""
+    n_val = int(len(stream) * val_fraction)
+    train, val = list(stream[: len(stream) - n_val]), list(stream[len(stream) - n_val :])
+    n_blocks = max(0, (len(val) - 1) // block_size)
+    return train, val[1 : n_blocks * block_size + 1]
+
+
+def pretrain_baseline(paths: Sequence[str | Path], model_dir: str | Path, val_fraction: float,
+                      block_size: int) -> dict[str, Any]:  # fmt: skip
+    """Unigram perplexity on the same validation split the trainer measured `model_dir` on."""
+    from core import data
+    from core.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_dir(model_dir)
+    stream = data.token_stream(data.read_texts(paths), tokenizer).tolist()
+    train, val = split_stream(stream, val_fraction, block_size)
+    ppl = unigram_perplexity(train, val, tokenizer.vocab_size)
+    return {"unigram_ppl": ppl, "train_tokens": len(train), "val_tokens": len(val)}
+
+
+def samples(source: str | Path, prompt: str, temperatures: Sequence[float] = (0.5, 0.8, 1.1),
+            max_new_tokens: int = 120, seed: int = 0) -> dict[str, str]:  # fmt: skip
+    """Sampled continuations of a raw text prompt, one per temperature (seeded)."""
+    from core.engine import LLM
+
+    llm = LLM.load(source, dtype="fp32")
+    knobs = {"mode": "sample", "top_k": 0, "top_p": 1.0, "max_new_tokens": max_new_tokens}
+    return {
+        str(t): prompt + llm.generate(prompt, temperature=t, seed=seed, **knobs)
+        for t in temperatures
+    }

@@ -1,0 +1,177 @@
+"""The demo recipe steps: prepare data, pre-train, fine-tune (task, instruction), evaluate, report.
+
+Training runs as `python -m core.train ...` in a subprocess (the same CLI a user runs); evaluation
+runs in this process. Every step writes JSON under `<data>/results/`, so `report` can rebuild the
+tables from whatever steps have finished.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.recipes import evaluate, prepare, report
+
+SAMPLE_PROMPT = "ROMEO.\n"
+
+
+class RecipeError(RuntimeError):
+    """A recipe step failed; the message names the step and what to run first."""
+
+
+@dataclass
+class Demo:
+    """Paths and budgets of the demo; the defaults fit a 2-core CPU in about an hour."""
+
+    data: str = "data/recipes"
+    models: str = "models"
+    seed: int = 0
+    pretrain_minutes: float = 20.0
+    pretrain: dict[str, Any] = field(default_factory=lambda: {
+        "arch": "classic", "vocab_size": 4096, "n_layer": 4, "n_head": 4, "n_embd": 256,
+        "block_size": 256, "batch_size": 8, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup_steps": 40,
+        "max_steps": 400, "eval_every": 100, "eval_steps": 10, "save_every": 200,
+        "val_fraction": 0.05, "weight_decay": 0.1,
+    })  # fmt: skip
+    demo_finetune: dict[str, Any] = field(default_factory=lambda: {
+        "block_size": 160, "batch_size": 16, "lr": 5e-4, "warmup_steps": 15, "max_steps": 150,
+        "eval_every": 50, "eval_steps": 5, "save_every": 1000,
+    })  # fmt: skip
+    smol_finetune: dict[str, Any] = field(default_factory=lambda: {
+        "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 3, "max_steps": 20,
+        "eval_every": 1000, "eval_steps": 3, "save_every": 1000, "freeze_all_but": 4,
+    })  # fmt: skip
+    demo_instruct_steps: int = 250  # the instruction mix has five tasks: more steps than plays
+    demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)
+    # SmolLM2 answers at ~5 s a row on a busy 2-core CPU: rows per task for plays / instruct.
+    smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 40, "instruct": 10})
+    max_new_tokens: int = 10
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.data, *parts)
+
+    def model(self, name: str) -> Path:
+        return Path(self.models, name)
+
+
+PRETRAINED, PLAYS_FT, INSTRUCT_FT = "demo-shakespeare", "demo-shakespeare-plays", "demo-shakespeare-instruct"  # fmt: skip
+SMOL_PLAYS_FT, SMOL_INSTRUCT_FT = "smollm2-plays-ft", "smollm2-instruct-ft"
+
+
+def flags(settings: dict[str, Any]) -> list[str]:
+    return [item for k, v in settings.items() for item in ("--" + k.replace("_", "-"), str(v))]
+
+
+def train(args: list[str]) -> None:
+    """Run the trainer CLI; a failure is a `RecipeError` carrying its last lines of output."""
+    command = [sys.executable, "-m", "core.train", *args, "--no-progress"]
+    print("$", " ".join(command), flush=True)
+    done = subprocess.run(command, text=True, capture_output=True)
+    print(done.stdout[-2000:], end="", flush=True)
+    if done.returncode != 0:
+        raise RecipeError(f"`{' '.join(command)}` failed:\n{(done.stderr or done.stdout)[-3000:]}")
+
+
+def save_result(demo: Demo, name: str, result: dict[str, Any]) -> None:
+    target = demo.path("results", f"{name}.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def need(path: Path, step: str) -> Path:
+    if not path.exists():
+        raise RecipeError(f"{path} is missing; run `python -m core.recipes {step}` first.")
+    return path
+
+
+def step_prepare(demo: Demo) -> None:
+    manifest = prepare.prepare(demo.data, demo.seed)
+    print(json.dumps({k: manifest[k] for k in ("pretrain", "plays")}, indent=1))
+
+
+def step_pretrain(demo: Demo) -> None:
+    corpus = need(demo.path("pretrain"), "prepare")
+    out = demo.model(PRETRAINED)
+    settings = {**demo.pretrain, "seed": demo.seed, "max_minutes": demo.pretrain_minutes}
+    train(["pretrain", "--data", str(corpus), "--out", str(out), *flags(settings)])
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    baseline = evaluate.pretrain_baseline(
+        [corpus], out, settings["val_fraction"], settings["block_size"]
+    )
+    result = {**metrics, **baseline, "ratio": metrics["val_ppl"] / baseline["unigram_ppl"]}
+    result["samples"] = evaluate.samples(out, SAMPLE_PROMPT, seed=demo.seed)
+    save_result(demo, "pretrain", result)
+
+
+def run_eval(demo: Demo, source: str | Path, split: str, name: str) -> dict[str, Any]:
+    test = need(demo.path(split, "test.jsonl"), "prepare")
+    limit = demo.demo_test_limit if "demo" in name else demo.smol_test_limits[split]
+    result = evaluate.evaluate(source, test, demo.max_new_tokens, limit)
+    save_result(demo, name, result)
+    print(f"{name}: {result['accuracy']} ({result['seconds']} s)", flush=True)
+    return result
+
+
+def step_eval(demo: Demo, source: str | None, split: str | None, name: str | None) -> None:
+    """One evaluation, e.g. to rerun a result; the name decides the row limit (demo-* or not)."""
+    if not (source and split and name):
+        raise RecipeError("eval needs --model, --split and --name (e.g. plays-smollm2-before).")
+    run_eval(demo, source, split, name)
+
+
+def finetune(demo: Demo, init: str | Path, split: str, out: str, settings: dict) -> None:
+    files = [need(demo.path(split, f"{s}.jsonl"), "prepare") for s in ("train", "val")]
+    args = ["finetune", "--init", str(init), "--data", str(files[0]), "--val", str(files[1])]
+    train([*args, "--out", str(demo.model(out)), *flags({**settings, "seed": demo.seed})])
+
+
+def step_task(demo: Demo, models: tuple[str, ...] = ("demo", "smollm2")) -> None:
+    """'Which play?' fine-tuning of the demo model and of SmolLM2, evaluated before and after."""
+    if "demo" in models:
+        pretrained = need(demo.model(PRETRAINED), "pretrain")
+        run_eval(demo, pretrained, "plays", "plays-demo-before")
+        finetune(demo, pretrained, "plays", PLAYS_FT, demo.demo_finetune)
+        run_eval(demo, demo.model(PLAYS_FT), "plays", "plays-demo-after")
+    if "smollm2" in models:
+        run_eval(demo, "default", "plays", "plays-smollm2-before")
+        finetune(demo, "default", "plays", SMOL_PLAYS_FT, demo.smol_finetune)
+        run_eval(demo, demo.model(SMOL_PLAYS_FT), "plays", "plays-smollm2-after")
+
+
+def step_instruct(demo: Demo, models: tuple[str, ...] = ("demo", "smollm2")) -> None:
+    """Instruction fine-tuning of the demo model and of SmolLM2 on the mixed set, before/after."""
+    if "demo" in models:
+        pretrained = need(demo.model(PRETRAINED), "pretrain")
+        run_eval(demo, pretrained, "instruct", "instruct-demo-before")
+        settings = {**demo.demo_finetune, "max_steps": demo.demo_instruct_steps}
+        finetune(demo, pretrained, "instruct", INSTRUCT_FT, settings)
+        run_eval(demo, demo.model(INSTRUCT_FT), "instruct", "instruct-demo-after")
+    if "smollm2" in models:
+        run_eval(demo, "default", "instruct", "instruct-smollm2-before")
+        finetune(demo, "default", "instruct", SMOL_INSTRUCT_FT, demo.smol_finetune)
+        run_eval(demo, demo.model(SMOL_INSTRUCT_FT), "instruct", "instruct-smollm2-after")
+
+
+def step_report(demo: Demo) -> str:
+    text = report.render(demo.path("results"), prepare_manifest(demo))
+    demo.path("results", "report.md").write_text(text, encoding="utf-8")
+    print(text)
+    return text
+
+
+def prepare_manifest(demo: Demo) -> dict[str, Any]:
+    path = demo.path("manifest.json")
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def step_all(demo: Demo) -> None:
+    save_result(demo, "demo-settings", asdict(demo))
+    step_prepare(demo)
+    step_pretrain(demo)
+    step_task(demo)
+    step_instruct(demo)
+    step_report(demo)

@@ -1,0 +1,237 @@
+"""Demo recipes: corpus parsing, deterministic leak-free splits, scorers, unigram baseline, eval loop."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from core.recipes import corpora, evaluate, prepare, tasks
+
+
+@pytest.fixture(scope="module")
+def recipe_dir(tmp_path_factory):
+    """One full `prepare` run (all corpora, default sizes) shared by the tests below."""
+    root = tmp_path_factory.mktemp("recipes")
+    return root, prepare.prepare(root, seed=0)
+
+
+def rows(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# --------------------------------------------------------------------------- corpora
+def test_speeches_parse_speakers_continuations_and_stage_directions():
+    scene = [
+        "",
+        "[Enter Hamlet and Horatio.]",
+        "",
+        "Ham.",
+        "Who's there? [Draws.]",
+        "Speak, I say.",
+        "",
+        "[Exit Ghost.]",
+        "",
+        "We do it wrong, being so majestical,",
+        "",
+        "FIRST WITCH.",
+        "[Aside.]",
+        "Where hast thou been, sister?",
+    ]
+    speeches = corpora.parse_speeches(scene)
+    assert speeches == [
+        corpora.Speech("Ham", ("Who's there?", "Speak, I say.")),
+        corpora.Speech("Ham", ("We do it wrong, being so majestical,",)),
+        corpora.Speech("FIRST WITCH", ("Where hast thou been, sister?",)),
+    ]
+
+
+def test_real_play_splits_into_scenes_with_named_speakers():
+    play = corpora.read_play("hamlet")
+    assert play.title == "Hamlet" and len(play.scenes) == 20
+    speakers = {sp.speaker for s in play.scenes for sp in s.speeches}
+    assert {"Ham", "Hor", "King", "Queen", "Oph"} <= speakers
+    assert "To be, or not to be" in play.text() and "[Enter" not in "".join(
+        line for s in play.scenes for sp in s.speeches for line in sp.lines
+    )
+
+
+def test_missing_corpus_package_says_how_to_install():
+    with pytest.raises(corpora.CorpusMissing, match="make test"):
+        corpora.package_dir("no_such_corpus_package_xyz")
+
+
+# --------------------------------------------------------------------------- splits
+def test_held_out_is_seeded_and_stable():
+    assert tasks.held_out(20, "hamlet", 0) == tasks.held_out(20, "hamlet", 0)
+    assert tasks.held_out(20, "hamlet", 0) != tasks.held_out(20, "hamlet", 1)
+    assert len(tasks.held_out(20, "hamlet", 0)) == 3 and tasks.held_out(1, "x", 0) == frozenset()
+
+
+def test_prepare_is_deterministic(recipe_dir, tmp_path):
+    root, _ = recipe_dir
+    prepare.write_plays(tmp_path, 0, prepare.Sizes())
+    for split in ("train", "val", "test"):
+        name = f"plays/{split}.jsonl"
+        assert (tmp_path / name).read_bytes() == (root / name).read_bytes()
+
+
+def test_held_out_play_lines_are_in_no_training_file_nor_the_pretraining_text(recipe_dir):
+    root, manifest = recipe_dir
+    test = rows(root / "plays/test.jsonl")
+    assert len(test) == 150 and manifest["plays"]["chance"] == pytest.approx(0.2)
+    train = {r["prompt"] for r in rows(root / "plays/train.jsonl") + rows(root / "plays/val.jsonl")}
+    corpus = "\n".join(p.read_text(encoding="utf-8") for p in (root / "pretrain").glob("*.txt"))
+    corpus = " ".join(corpus.split())
+    for row in test:
+        assert row["prompt"] not in train
+        line = row["prompt"].split("\n\nLine: ", 1)[1]
+        assert line[:50] not in corpus, f"held-out line seen in pre-training: {line!r}"
+
+
+def test_pretraining_text_keeps_the_training_scenes(recipe_dir):
+    root, manifest = recipe_dir
+    hamlet = " ".join((root / "pretrain/hamlet.txt").read_text(encoding="utf-8").split())
+    play = corpora.read_play("hamlet")
+    skipped = set(manifest["held_out_scenes"]["hamlet"])
+    for i, scene in enumerate(play.scenes):
+        line = next(line for sp in scene.speeches for line in sp.lines if len(line) > 30)
+        assert (line in hamlet) == (i not in skipped), (i, line)
+
+
+def test_instruction_test_inputs_are_never_trained_on(recipe_dir):
+    root, manifest = recipe_dir
+    train = rows(root / "instruct/train.jsonl") + rows(root / "instruct/val.jsonl")
+    seen = {(r["instruction"], r["input"]) for r in train}
+    test = rows(root / "instruct/test.jsonl")
+    assert {r["task"] for r in test} == {"bible_book", "speaker", "next_words", "verse_next"}
+    assert all((r["instruction"], r["input"]) not in seen for r in test)
+    assert manifest["instruct"]["tasks"]["chat_reply"]["train"] > 0
+
+
+def test_jsonl_shapes(recipe_dir):
+    root, _ = recipe_dir
+    for split in ("train", "val"):
+        for row in rows(root / f"plays/{split}.jsonl"):
+            assert set(row) == {"prompt", "completion"} and row["prompt"] and row["completion"]
+        for row in rows(root / f"instruct/{split}.jsonl"):
+            assert set(row) == {"instruction", "input", "output"} and row["output"].strip()
+    for row in rows(root / "instruct/test.jsonl"):
+        assert not row["labels"] or row["output"] in row["labels"]
+
+
+# --------------------------------------------------------------------------- scorers
+def test_label_scorer_takes_the_first_label_named():
+    labels = ["Hamlet", "Macbeth", "Romeo and Juliet"]
+    assert evaluate.score_label("It is from Macbeth, not Hamlet.", "Macbeth", labels)
+    assert not evaluate.score_label("Hamlet or Macbeth?", "Macbeth", labels)
+    assert evaluate.score_label("romeo  AND juliet!", "Romeo and Juliet", labels)
+    assert not evaluate.score_label("Hamletish", "Hamlet", labels)  # whole words only
+    assert evaluate.first_label("no idea", labels) is None
+
+
+def test_exact_scorer_ignores_case_punctuation_and_trailing_words():
+    assert evaluate.score_exact("LORD for ever. Amen", "LORD for ever.")
+    assert evaluate.score_exact("brow of woe", "brow of woe;")
+    assert evaluate.score_exact("they're most alone", "they're most alone,--")
+    assert not evaluate.score_exact("brow of sorrow", "brow of woe;")
+    assert not evaluate.score_exact("", "brow of woe")
+
+
+# --------------------------------------------------------------------------- baseline
+def test_unigram_perplexity_matches_hand_calculation():
+    # counts 0:2, 1:1, 2:0 with add-one over V=3: p(0) = 3/6, p(2) = 1/6 -> ppl = sqrt(2 * 6)
+    assert evaluate.unigram_perplexity([0, 0, 1], [0, 2], 3) == pytest.approx(math.sqrt(12))
+    assert evaluate.unigram_perplexity([5] * 10, [5] * 4, 1) == pytest.approx(1.0)
+
+
+def test_split_stream_matches_block_targets():
+    train, val = evaluate.split_stream(list(range(23)), 0.5, 4)
+    assert train == list(range(12))  # n_val = int(23 * 0.5) = 11 -> the tail 12..22
+    assert val == list(range(13, 21))  # 2 blocks of 5 tokens from 12: targets 13..16, 17..20
+
+
+# --------------------------------------------------------------------------- eval loop
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from core import checkpoint
+    from core.config import ModelConfig
+    from core.model import Decoder
+    from core.tokenizer import CHATML_TEMPLATE, Tokenizer
+
+    texts = [" ".join(s.lines) for s in corpora.read_play("macbeth").scenes[0].speeches] * 3
+    tok = Tokenizer.train(
+        texts, 300, special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(0)
+    config = ModelConfig.preset("classic", vocab_size=tok.vocab_size, n_layer=1, n_head=2,
+                                n_embd=16, block_size=256)  # fmt: skip
+    return checkpoint.save(Decoder(config), tmp_path_factory.mktemp("tiny"), tok)
+
+
+def test_evaluate_scores_every_row_of_a_real_checkpoint(tiny_checkpoint, recipe_dir):
+    root, _ = recipe_dir
+    result = evaluate.evaluate(tiny_checkpoint, root / "instruct/test.jsonl", 4, limit=3)
+    assert result["n"] == {"bible_book": 3, "speaker": 3, "next_words": 3, "verse_next": 3}
+    for answer in result["answers"]:
+        row_ok = answer["ok"]
+        assert isinstance(answer["answer"], str) and row_ok in (True, False)
+    assert set(result["accuracy"]) == set(result["n"])
+
+
+class _Answers:
+    """A model stand-in that answers from a table and records the user messages it got."""
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers, self.asked = answers, []
+
+    def stream(self, messages, **_):
+        self.asked.append(messages)
+        return iter([self.answers.get(messages[-1]["content"], "")])
+
+
+def test_rows_are_asked_as_fine_tuning_renders_them_and_scored_per_task():
+    from core import prompts
+
+    task_row = {"prompt": "Which play?", "completion": "Hamlet", "labels": ["Hamlet", "Macbeth"],
+                "task": "plays"}  # fmt: skip
+    alpaca = {
+        "instruction": "Continue.",
+        "input": "To be or",
+        "output": "not to be",
+        "task": "next",
+    }
+    content = prompts.instruction("Continue.", "To be or")
+    llm = _Answers({"Which play?": "Macbeth.", content: "Not to be, that is"})
+    result = evaluate.evaluate_rows(llm, [task_row, alpaca])
+    assert llm.asked == [[{"role": "user", "content": "Which play?"}],
+                         [{"role": "user", "content": content}]]  # fmt: skip
+    assert result["accuracy"] == {"plays": 0.0, "next": 1.0}
+
+
+@pytest.mark.slow
+def test_miniature_demo_end_to_end(tmp_path):
+    """prepare -> pretrain (trainer CLI) -> task fine-tune -> eval -> report, at toy size."""
+    from core.recipes import run
+
+    demo = run.Demo(data=str(tmp_path / "data"), models=str(tmp_path / "models"),
+                    pretrain_minutes=2, demo_test_limit=5)  # fmt: skip
+    demo.pretrain.update(vocab_size=400, n_layer=1, n_head=2, n_embd=32, block_size=64,
+                         batch_size=4, max_steps=5, warmup_steps=1, eval_every=5, eval_steps=2)  # fmt: skip
+    demo.demo_finetune.update(max_steps=3, warmup_steps=1, batch_size=4, eval_every=3)
+    run.step_prepare(demo)
+    run.step_pretrain(demo)
+    run.step_task(demo, models=("demo",))
+    text = run.step_report(demo)
+    pre = json.loads((tmp_path / "data/results/pretrain.json").read_text())
+    assert pre["unigram_ppl"] > 1 and pre["ratio"] == pytest.approx(
+        pre["val_ppl"] / pre["unigram_ppl"]
+    )
+    assert set(pre["samples"]) == {"0.5", "0.8", "1.1"}
+    after = json.loads((tmp_path / "data/results/plays-demo-after.json").read_text())
+    assert after["n"] == {"plays": 5}
+    assert "| demo (n=5) |" in text and "Pre-training" in text
