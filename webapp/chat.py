@@ -85,6 +85,8 @@ class Reply:
     sources: tuple[Hit, ...] = ()
     notices: tuple[str, ...] = ()
     done: bool = False
+    finish_reason: str = ""  # once done: "eos", "length", "stop_string" or "cancelled"
+    new_tokens: int = 0
 
 
 def text_of(content: Any) -> str:
@@ -268,4 +270,5 @@ class ChatService:
             text = generation.best_text if settings.mode == "beam" else generation.text
             yield replace(reply, text=text)
         text = generation.text or "(the model ended its turn without any text)"
-        yield replace(reply, text=text, done=True)
+        yield replace(reply, text=text, done=True, finish_reason=generation.finish_reason,
+                      new_tokens=generation.new_tokens)  # fmt: skip

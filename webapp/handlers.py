@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from webapp.chat import (
     Reply,
     answer_markdown,
     plain,
+    text_of,
 )
 
 # Which knobs each mode reads; the others are shown greyed out rather than silently ignored.
@@ -72,20 +74,18 @@ class Handlers:
 
     def __init__(self, service: ChatService) -> None:
         self.service = service
+        self.fields: dict[Any, str] = {}  # component -> ChatRequest field; set by the layout
 
     # -- chat --------------------------------------------------------------------------------------
 
-    def request(self, message: str, history: list[dict[str, Any]], *controls: Any) -> ChatRequest:
-        (model, mode, temperature, top_k, top_p, num_beams, max_new_tokens, repetition_penalty,
-         seed, template, system_prompt, instruction, examples) = controls  # fmt: skip
-        rows = [tuple(str(c or "") for c in row[:2]) for row in (examples or []) if len(row) >= 2]
-        return ChatRequest(
-            message=message, history=history, template=template, system_prompt=system_prompt or "",
-            instruction=instruction or "", examples=rows, model=model or "default", mode=mode,
-            temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
-            max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
-            seed=None if seed is None else int(seed),
-        )  # fmt: skip
+    def request(self, data: dict[Any, Any], **changes: Any) -> ChatRequest:
+        """A ChatRequest from the form (Gradio passes a set of inputs as {component: value})."""
+        form = {self.fields[c]: v for c, v in data.items() if c in self.fields} | changes
+        examples = [tuple(str(c or "") for c in row[:2]) for row in form.pop("examples", None) or []
+                    if len(row) >= 2]  # fmt: skip
+        seed, history = form.pop("seed", None), form.pop("history", None) or []
+        return ChatRequest(**form, history=history, examples=examples,
+                           seed=None if seed is None else int(seed))  # fmt: skip
 
     def _stream(self, chat: ChatRequest, key: str) -> Iterator[Reply]:
         try:
@@ -93,35 +93,52 @@ class Handlers:
         except ChatInputError as err:
             raise gr.Error(str(err)) from err
 
-    def respond(self, message: str, history: list[dict[str, Any]], *controls: Any,
-                request: gr.Request) -> Iterator[tuple[str, list[dict[str, Any]], str]]:  # fmt: skip
-        """Stream an answer into the chat; the sources go beneath it."""
-        key = session_key(request)
-        chat = self.request(message, history, *controls)
-        shown = [*history, {"role": "user", "content": message}]
+    def _answer(
+        self, chat: ChatRequest, key: str
+    ) -> Iterator[tuple[str, list[dict[str, Any]], str]]:
+        shown = [*chat.history, {"role": "user", "content": chat.message}]
         yield "", [*shown, {"role": "assistant", "content": "…"}], ""
         reply = Reply("")
         for reply in self._stream(chat, key):
             yield "", [*shown, {"role": "assistant", "content": answer_markdown(reply) or "…"}], ""
-        yield "", [*shown, {"role": "assistant", "content": answer_markdown(reply)}], notices(reply)
+        n = sum(turn.get("role") == "assistant" for turn in shown) + 1
+        yield (
+            "",
+            [*shown, {"role": "assistant", "content": answer_markdown(reply)}],
+            notices(reply, n),
+        )
 
-    def regenerate(self, history: list[dict[str, Any]], *controls: Any,
-                   request: gr.Request) -> Iterator[tuple[str, list[dict[str, Any]], str]]:  # fmt: skip
-        """Answer the last user message again (with the current settings)."""
-        users = [i for i, turn in enumerate(history) if turn.get("role") == "user"]
+    def respond(
+        self, data: dict[Any, Any], request: gr.Request
+    ) -> Iterator[tuple[str, list[dict[str, Any]], str]]:
+        """Stream an answer into the chat; the sources go beneath it."""
+        yield from self._answer(self.request(data), session_key(request))
+
+    @staticmethod
+    def last_turn(chat: ChatRequest) -> ChatRequest:
+        """The request behind the chat's last answer: its last user message and what came before."""
+        users = [i for i, turn in enumerate(chat.history) if turn.get("role") == "user"]
         if not users:
             raise gr.Error("Nothing to regenerate yet: send a message first.")
         last = users[-1]
-        message = str(history[last].get("content") or "")
-        yield from self.respond(message, history[:last], *controls, request=request)
+        message = text_of(chat.history[last].get("content"))
+        return replace(chat, message=message, history=chat.history[:last])
 
-    def show_prompt(self, message: str, history: list[dict[str, Any]], *controls: Any,
-                    request: gr.Request) -> tuple[str, str]:  # fmt: skip
+    def regenerate(
+        self, data: dict[Any, Any], request: gr.Request
+    ) -> Iterator[tuple[str, list[dict[str, Any]], str]]:
+        """Answer the last user message again (with the current settings)."""
+        yield from self._answer(
+            self.last_turn(self.request(data, message="")), session_key(request)
+        )
+
+    def show_prompt(self, data: dict[Any, Any], request: gr.Request) -> tuple[str, str]:
         """The exact text the model would read for this message, and its token count."""
+        chat = self.request(data)
+        if not chat.message.strip() and chat.history:
+            chat = self.last_turn(chat)  # the box is empty after sending: show what was sent
         try:
-            prepared = self.service.prepare(
-                self.request(message, history, *controls), session_key(request)
-            )
+            prepared = self.service.prepare(chat, session_key(request))
         except ChatInputError as err:
             raise gr.Error(str(err)) from err
         info = (
@@ -196,8 +213,15 @@ class Handlers:
         return self.documents(session_key(request))
 
 
-def notices(reply: Reply) -> str:
-    return "  \n".join(f"ℹ️ {plain(n)}" for n in reply.notices)
+REASONS = {"eos": "the model ended its turn", "length": "reached max new tokens",
+           "stop_string": "hit a stop string", "cancelled": "stopped"}  # fmt: skip
+
+
+def notices(reply: Reply, number: int) -> str:
+    """Under the chat: how answer `number` ended, and anything the server changed (dropped turns)."""
+    ended = REASONS.get(reply.finish_reason, reply.finish_reason)
+    lines = [f"Answer {number} finished: {ended}, {reply.new_tokens} tokens."]
+    return "  \n".join(lines + [f"ℹ️ {plain(n)}" for n in reply.notices])
 
 
 def mode_changed(mode: str) -> list[Any]:

@@ -94,21 +94,26 @@ def build_demo(service: ChatService) -> gr.Blocks:
                         doc_pick = gr.Dropdown([], label="Document", scale=3, elem_id="doc-pick")
                         delete = gr.Button("Delete", scale=1, elem_id="delete")
 
-        controls = [model, mode, temperature, top_k, top_p, num_beams, max_new, repetition, seed,
-                    template, system, instruction, examples]  # fmt: skip
+        form = {"message": box, "history": chatbot, "model": model, "mode": mode,
+                "temperature": temperature, "top_k": top_k, "top_p": top_p, "num_beams": num_beams,
+                "max_new_tokens": max_new, "repetition_penalty": repetition, "seed": seed,
+                "template": template, "system_prompt": system, "instruction": instruction,
+                "examples": examples}  # fmt: skip
+        h.fields = {component: name for name, component in form.items()}
+        inputs = set(form.values())  # Gradio then passes one {component: value} dict
         knobs = [temperature, top_k, top_p, num_beams, seed, repetition]
         mode.change(mode_changed, mode, knobs, queue=False, **PRIVATE)
         template.change(template_changed, template, [instruction, examples], queue=False, **PRIVATE)
 
         outputs = [box, chatbot, notice]
         submits = [
-            trigger(h.respond, [box, chatbot, *controls], outputs, **PRIVATE, **MODEL)
+            trigger(h.respond, inputs, outputs, **PRIVATE, **MODEL)
             for trigger in (send.click, box.submit)
         ]
-        regenerating = regen.click(h.regenerate, [chatbot, *controls], outputs, **PRIVATE, **MODEL)
+        regenerating = regen.click(h.regenerate, inputs, outputs, **PRIVATE, **MODEL)
         stop.click(None, None, None, cancels=[*submits, regenerating], queue=False, **PRIVATE)
         clear.click(lambda: ([], "", ""), None, [chatbot, notice, box], queue=False, **PRIVATE)
-        show.click(h.show_prompt, [box, chatbot, *controls], [prompt_view, prompt_info], **PRIVATE)
+        show.click(h.show_prompt, inputs, [prompt_view, prompt_info], **PRIVATE)
 
         files.upload(h.upload, files, [upload_status, docs, doc_pick, files], api_name="upload",
                      concurrency_id="ingest", concurrency_limit=1)  # fmt: skip
