@@ -223,3 +223,37 @@ def test_html_and_scripts_in_a_retrieved_document_run_nothing(session, tmp_path)
     assert chat.locator("script").count() == 0 and chat.locator('img[src="x"]').count() == 0
     assert not s.dialogs, s.dialogs
     assert not [line for line in s.console if "XSS-FIRED" in line]
+
+
+def test_stop_regenerate_and_clear(session):
+    s = session()
+    s.tab("Decoding")
+    s.choose("mode", "Beam search")
+    s.set_number("beams", 8)  # the slowest mode: time to press Stop mid-answer
+    s.page.locator("#message textarea").fill("Write a long story about a dragon.")
+    s.page.locator("#send").click()
+    bot = s.page.locator('#chatbot [data-testid="bot"]').first
+    s.page.wait_for_function(
+        "(() => { const b = document.querySelector('#chatbot [data-testid=\"bot\"]');"
+        " return b && b.innerText.trim() && b.innerText.trim() !== '…'; })()"
+    )
+    s.page.locator("#stop").click()
+    time.sleep(3.0)
+    stopped = bot.inner_text()
+    assert "finished" not in s.page.locator("#notice").inner_text()  # it never ran to the end
+    time.sleep(1.0)
+    assert bot.inner_text() == stopped  # and nothing more arrives after Stop
+
+    s.choose("mode", "Greedy")
+    s.answers = 0
+    s.page.locator("#regenerate").click()
+    s.page.wait_for_function(
+        "document.querySelector('#notice').innerText.includes('Answer 1 finished')"
+    )
+    assert s.page.locator('#chatbot [data-testid="user"]').count() == 1  # answered again, in place
+    assert s.page.locator('#chatbot [data-testid="bot"]').first.inner_text().strip()
+
+    s.page.locator("#clear").click()
+    s.page.wait_for_function(
+        "document.querySelectorAll('#chatbot [data-testid=\"bot\"]').length === 0"
+    )
