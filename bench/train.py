@@ -6,12 +6,15 @@ accelerate, no logging and no checkpoints. Both run in this process, alternating
 tokens/s over their timed steps (the first step of each run warms up and is not timed). On CUDA
 it also prints model FLOPs utilisation against `--peak-tflops` (H100/H200 bf16 dense: 989).
 
-    .venv/bin/python bench/train.py [--steps 30] [--repeats 3] [--threads 2] [--peak-tflops X]
+    .venv/bin/python bench/train.py [--steps 30] [--repeats 3] [--threads 1] [--peak-tflops X]
+    .venv/bin/python bench/train.py --n-layer 12 --n-embd 768 --block-size 1024 --batch-size 16 \
+        --peak-tflops 989   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import statistics
@@ -63,7 +66,8 @@ def plain_loop(cfg: TrainConfig, device: torch.device) -> float:
     blocks, _ = data.pretrain_datasets(data.read_texts(cfg.data), tok, cfg.block_size, 0.0)
     torch.manual_seed(cfg.seed)
     model = Decoder(model_config(cfg, tok)).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
+    fused = device.type == "cuda"  # nanoGPT's configure_optimizers
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else None
     timed, start = 0, 0.0
     for step in range(cfg.max_steps):
@@ -95,6 +99,8 @@ def flops_per_token(cfg: TrainConfig, tok: Path) -> float:
 def measure(label: str, precision: str, args, workdir: Path) -> list[tuple]:
     corpus, tok = workdir / "corpus.txt", workdir / "tok"
     cfg = settings(corpus, tok, workdir / f"out-{precision}", args, precision)
+    if precision == "bf16" and not torch.cuda.is_available():
+        cfg = dataclasses.replace(cfg, max_steps=args.bf16_steps)  # CPU bf16 is ~10x slower
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runs = {"ours (core.train)": lambda: train(cfg, progress_bar=False).tokens_per_s,
             "plain nanoGPT loop": lambda: plain_loop(cfg, device)}  # fmt: skip
@@ -115,10 +121,11 @@ def measure(label: str, precision: str, args, workdir: Path) -> list[tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--bf16-steps", type=int, default=8, help="bf16 steps on CPU")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--n-layer", type=int, default=4)
-    parser.add_argument("--n-embd", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="1: stable on a shared box")
+    parser.add_argument("--n-layer", type=int, default=2)
+    parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="for MFU; 0: not shown")
@@ -132,12 +139,13 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(
         f"\ntraining, classic {args.n_layer}x{args.n_embd}, block {args.block_size}, batch "
-        f"{args.batch_size}, {args.steps} steps, {device}, {args.threads} threads, median of "
+        f"{args.batch_size}, {args.steps} steps ({args.bf16_steps} bf16 on CPU), {device}, {args.threads} threads, median of "
         f"{args.repeats}, torch {torch.__version__}"
     )
     print(f"{'prec':<5} {'loop':<20} {'tokens/s':>10} {'ratio':>7} {'MFU':>6}")
     for prec, name, tps, ratio, mfu in rows:
-        print(f"{prec:<5} {name:<20} {tps:>10.4g} {ratio:>7.2f} {mfu:>6.1%}")
+        shown = "-" if mfu != mfu else f"{mfu:.1%}"  # NaN: no --peak-tflops given
+        print(f"{prec:<5} {name:<20} {tps:>10.4g} {ratio:>7.2f} {shown:>6}")
 
 
 if __name__ == "__main__":

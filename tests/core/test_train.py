@@ -129,6 +129,16 @@ def test_freeze_all_but_trains_only_the_last_blocks_norm_and_head(corpus, tokeni
     assert changed == {k for k in before if k.startswith(("blocks.2.", "ln_f.", "wte."))}
 
 
+def test_shards_of_n_processes_make_the_one_process_batch_and_cover_each_epoch():
+    one = train.Batches(n=10, per_rank=4, world=1, rank=0, seed=3)
+    two = [train.Batches(n=10, per_rank=2, world=2, rank=r, seed=3) for r in range(2)]
+    for g in range(6):
+        assert one.indices(g) == two[0].indices(g) + two[1].indices(g)
+    stream = [i for g in range(5) for i in one.indices(g)]  # 20 positions = 2 epochs
+    assert sorted(stream[:10]) == sorted(stream[10:]) == list(range(10))
+    assert stream[:10] != stream[10:]  # each epoch has its own order
+
+
 def test_schedule_warms_up_then_decays_to_min_lr():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
     assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
