@@ -311,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="JSON file of settings; flags override it")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         for name, kind in {**SHARED_FLAGS, **extra}.items():
-            sub.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+            default = getattr(TrainConfig, name, None)
+            shown = f"default: {default}" if default is not None else None
+            sub.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=shown)
     return parser
 
 

@@ -78,7 +78,8 @@ class TrainConfig:
             raise TrainError(f"arch must be one of {ARCHES}, got {self.arch!r}.")
         if isinstance(self.data, str):
             self.data = [self.data]
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "save_every"):
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_steps",
+                     "save_every"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.mode == "finetune" and not self.init:
