@@ -166,7 +166,8 @@ class ChatService:
         except (TypeError, ValueError) as err:
             raise ChatInputError(f"a decoding setting is not a number: {err}.") from err
 
-    def _check(self, request: ChatRequest) -> str:
+    def check(self, request: ChatRequest) -> str:
+        """The request's message, stripped; `ChatInputError` for what can be refused up front."""
         message = text_of(request.message).strip()
         if not message:
             raise ChatInputError("Type a message first: the message is empty.")
@@ -209,7 +210,7 @@ class ChatService:
 
     def prepare(self, request: ChatRequest, session: str = "") -> Prepared:
         """The exact prompt (retrieval included) without generating: for "show prompt"."""
-        message = self._check(request)
+        message = self.check(request)
         settings = self.settings(request)
         try:
             llm = self.models.get(request.model)
@@ -245,7 +246,7 @@ class ChatService:
     def reply(self, request: ChatRequest, session: str = "",
               cancel: threading.Event | None = None) -> Iterator[Reply]:  # fmt: skip
         """Yield the reply so far after each decoded piece (beam search: the current best)."""
-        self._check(request)
+        self.check(request)
         if (
             request.template == "rag"
             and self.library is not None
@@ -265,7 +266,8 @@ class ChatService:
             )  # fmt: skip
         except SettingsError as err:
             raise ChatInputError(str(err)) from err
-        reply = Reply("", tuple(prepared.sources), tuple(generation.notices))
+        notes = tuple(dict.fromkeys([*prepared.notices, *generation.notices]))
+        reply = Reply("", tuple(prepared.sources), notes)
         for _ in generation:
             text = generation.best_text if settings.mode == "beam" else generation.text
             yield replace(reply, text=text)

@@ -27,6 +27,7 @@ from webapp.chat import (
     plain,
     text_of,
 )
+from webapp.documents import FileResult
 
 # Which knobs each mode reads; the others are shown greyed out rather than silently ignored.
 USES = {
@@ -45,21 +46,27 @@ def session_key(request: gr.Request | None) -> str:
     return str(key)
 
 
-def uploaded(files: Any) -> list[tuple[str, bytes]]:
-    """(name, bytes) of uploaded files; Gradio's cached copy is removed so nobody can download it."""
-    out = []
+def uploaded(files: Any) -> list[tuple[str, bytes | None]]:
+    """(name, bytes) of uploaded files, None where the file is gone (an upload cut short).
+
+    Gradio's cached copy is removed once read, so nobody can download it afterwards."""
+    out: list[tuple[str, bytes | None]] = []
     for item in files or []:
-        path = Path(
+        raw = (
             item
             if isinstance(item, str)
             else item.get("path")
             if isinstance(item, dict)
             else item.path
         )
-        name = os.path.basename(
-            (item.get("orig_name") if isinstance(item, dict) else None) or path.name
-        )
-        out.append((name, path.read_bytes()))
+        path = Path(raw)
+        original = item.get("orig_name") if isinstance(item, dict) else None
+        name = os.path.basename(original or path.name)
+        try:
+            out.append((name, path.read_bytes()))
+        except OSError:
+            out.append((name, None))
+            continue
         path.unlink(missing_ok=True)
         if path.parent.name != "gradio" and not any(path.parent.iterdir()):
             shutil.rmtree(path.parent, ignore_errors=True)
@@ -96,17 +103,29 @@ class Handlers:
     def _answer(
         self, chat: ChatRequest, key: str
     ) -> Iterator[tuple[str, list[dict[str, Any]], str]]:
-        shown = [*chat.history, {"role": "user", "content": chat.message}]
+        """Stream (textbox, chat, notice) states. A refused request leaves the chat as it was,
+        puts the message back in the box and says why (nothing half-written stays behind)."""
+        try:
+            self.service.check(chat)
+        except ChatInputError as err:
+            raise gr.Error(str(err)) from err
+        history = list(chat.history)
+        shown = [*history, {"role": "user", "content": chat.message}]
         yield "", [*shown, {"role": "assistant", "content": "…"}], ""
         reply = Reply("")
-        for reply in self._stream(chat, key):
-            yield "", [*shown, {"role": "assistant", "content": answer_markdown(reply) or "…"}], ""
+        try:
+            for reply in self.service.reply(chat, key):
+                yield (
+                    "",
+                    [*shown, {"role": "assistant", "content": answer_markdown(reply) or "…"}],
+                    "",
+                )
+        except ChatInputError as err:
+            yield chat.message, history, f"⚠️ {plain(str(err))}"
+            raise gr.Error(str(err)) from err
         n = sum(turn.get("role") == "assistant" for turn in shown) + 1
-        yield (
-            "",
-            [*shown, {"role": "assistant", "content": answer_markdown(reply)}],
-            notices(reply, n),
-        )
+        final = [*shown, {"role": "assistant", "content": answer_markdown(reply)}]
+        yield "", final, notices(reply, n)
 
     def respond(
         self, data: dict[Any, Any], request: gr.Request
@@ -190,7 +209,10 @@ class Handlers:
         batch = uploaded(files)
         if not batch:
             raise gr.Error("Choose one or more PDF, TXT or MD files to upload.")
-        results = library.add_files(key, batch, lambda f, what: progress(f, desc=what))
+        lost = [FileResult(name, False, "the upload did not arrive whole; upload it again.")
+                for name, data in batch if data is None]  # fmt: skip
+        batch = [(name, data) for name, data in batch if data is not None]
+        results = lost + library.add_files(key, batch, lambda f, what: progress(f, desc=what))
         lines = [("✅ " if r.ok else "❌ ") + plain(r.message if r.ok else f"{r.name}: {r.message}")
                  for r in results]  # fmt: skip
         table, pick = self.documents(key)

@@ -19,7 +19,8 @@ QUEUE_FULL = "Queue is full! Please try again."  # what a caller gets beyond the
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    running = start_app(tmp_path_factory.mktemp("app"), SCRATCHGPT_QUEUE_SIZE=str(QUEUE_SIZE))
+    running = start_app(tmp_path_factory.mktemp("app"), SCRATCHGPT_QUEUE_SIZE=str(QUEUE_SIZE),
+                        SCRATCHGPT_MAX_UPLOAD_MB="1")  # fmt: skip
     yield running
     stop_app(running)
 
@@ -79,14 +80,17 @@ def test_upload_endpoint_indexes_and_rejects_with_reasons(app, tmp_path):
     locked.write_bytes(encrypted_pdf("AES-256"))
     fake = tmp_path / "setup.pdf"
     fake.write_bytes(b"MZ\x90\x00\x03" + os.urandom(2000))
+    big = tmp_path / "big.txt"
+    big.write_text("All work and no play makes a long file. " * 40_000)  # 1.6 MB > the 1 MB limit
     client = Client(app.url, verbose=False)
     status, table, *_ = client.predict(
-        [handle_file(p) for p in (locked, fake, good)], api_name="/upload"
+        [handle_file(p) for p in (locked, fake, big, good)], api_name="/upload"
     )
     lines = status.split("\n\n")
     assert lines[0].startswith("❌ locked.pdf:") and "password-protected" in lines[0]
     assert lines[1].startswith("❌ setup.pdf:") and "not a pdf" in lines[1].lower()
-    assert lines[2].startswith("✅ Added") and "notes.md" in lines[2]
+    assert lines[2].startswith("❌ big.txt:") and "over the 1 MB limit" in lines[2]
+    assert lines[3].startswith("✅ Added") and "notes.md" in lines[3]
     assert [row[0] for row in table["data"]] == ["notes.md"]  # the rejected files left no trace
     answer = client.predict(
         "What is the observatory's telescope called?", template="rag", api_name="/chat"

@@ -194,6 +194,17 @@ def test_rejected_uploads_show_their_reason_and_the_app_keeps_working(session, t
     assert "locked.pdf: 'locked.pdf' is password-protected" in status
     assert "installer.pdf:" in status and "not a PDF" in status
     assert "locked.pdf" not in s.page.locator("#documents").inner_text()
+    s.tab("Prompt")
+    s.choose("template", "rag")
+    question = "What does the locked report say?"
+    s.page.locator("#message textarea").fill(question)
+    s.page.locator("#send").click()
+    s.page.wait_for_function(
+        "document.querySelector('#notice').innerText.includes('none are indexed yet')"
+    )
+    assert s.page.locator("#message textarea").input_value() == question  # given back to edit
+    assert s.page.locator('#chatbot [data-testid="user"]').count() == 0  # nothing half-written
+    s.choose("template", "chat")
     answer, _ = s.ask("What is the capital of France?")
     assert "Paris" in answer
     other = session()
