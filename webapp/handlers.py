@@ -229,10 +229,12 @@ class Handlers:
         table, pick = self.documents(key)
         return f"Deleted {plain(source)} ({removed} chunks).", table, pick
 
-    def on_load(self, request: gr.Request) -> tuple[list[list[Any]], Any]:
+    def on_load(self, request: gr.Request) -> tuple[list[list[Any]], Any, Any]:
+        """A page opens: its documents, and the models (checkpoints trained since start included)."""
+        models = gr.update(choices=self.service.models.choices())
         if self.service.library is None:
-            return [], gr.update(choices=[])
-        return self.documents(session_key(request))
+            return [], gr.update(choices=[]), models
+        return (*self.documents(session_key(request)), models)
 
 
 REASONS = {"eos": "the model ended its turn", "length": "reached max new tokens",

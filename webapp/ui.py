@@ -118,6 +118,6 @@ def build_demo(service: ChatService) -> gr.Blocks:
         files.upload(h.upload, files, [upload_status, docs, doc_pick, files], api_name="upload",
                      concurrency_id="ingest", concurrency_limit=1)  # fmt: skip
         delete.click(h.delete, doc_pick, [upload_status, docs, doc_pick], **PRIVATE)
-        demo.load(h.on_load, None, [docs, doc_pick], **PRIVATE)
+        demo.load(h.on_load, None, [docs, doc_pick, model], **PRIVATE)
         gr.api(h.chat_api, api_name="chat", **MODEL)
     return demo

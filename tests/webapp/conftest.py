@@ -71,10 +71,27 @@ def stop_app(app: App) -> None:
         app.proc.kill()
 
 
+def tiny_checkpoint(directory: Path) -> Path:
+    """A small random model saved as our checkpoint (what `make train-demo` leaves under models/)."""
+    from core import checkpoint
+    from core.config import ModelConfig
+    from core.model import Decoder
+    from core.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(["the quick brown fox jumps over the lazy dog " * 40], 300,
+                                special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"))  # fmt: skip
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=256
+    )
+    return checkpoint.save(Decoder(config), directory, tokenizer)
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """One app server per test module."""
-    running = start_app(tmp_path_factory.mktemp("app"))
+    """One app server per test module, with one extra checkpoint under its models/."""
+    tmp = tmp_path_factory.mktemp("app")
+    tiny_checkpoint(tmp / "models" / "tiny-demo")
+    running = start_app(tmp)
     yield running
     stop_app(running)
 

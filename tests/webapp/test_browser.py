@@ -183,6 +183,12 @@ def test_a_second_browser_session_cannot_reach_the_first_ones_document(session, 
         assert response.status >= 400 or canary not in response.text()
     assert canary not in second.page.content()
 
+    first.page.locator("#delete").click()  # the owner deletes it: gone from the list
+    first.page.wait_for_function(
+        "document.querySelector('#upload-status').innerText.includes('Deleted')"
+    )
+    assert "private-notes.txt" not in first.page.locator("#documents").inner_text()
+
 
 def test_rejected_uploads_show_their_reason_and_the_app_keeps_working(session, tmp_path):
     locked = tmp_path / "locked.pdf"
@@ -268,3 +274,14 @@ def test_stop_regenerate_and_clear(session):
     s.page.wait_for_function(
         "document.querySelectorAll('#chatbot [data-testid=\"bot\"]').length === 0"
     )
+
+
+def test_a_checkpoint_under_models_can_be_picked_and_answers(session):
+    s = session()
+    s.page.locator("#model input").click()
+    s.page.get_by_role("option", name="tiny-demo").click()
+    s.ask("Hello there")  # a random tiny model: any text, but streamed to the end
+    assert "Answer 1 finished" in s.page.locator("#notice").inner_text()
+    s.page.locator("#model input").click()
+    s.page.get_by_role("option", name="SmolLM2-135M-Instruct (default)").click()
+    assert "Paris" in s.ask("What is the capital of France?")[0]
