@@ -94,7 +94,9 @@ class Decoder(nn.Module):
         if self.config.position == "learned":
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         elif self.config.position == "sinusoidal":
-            x = x + self.pe[start : start + T].to(x.dtype)
+            # Vaswani et al. scale embeddings by sqrt(d_model): with a 0.02-std init the unit-size
+            # sinusoids otherwise drown the token signal and training sits at the unigram loss.
+            x = x * math.sqrt(self.config.n_embd) + self.pe[start : start + T].to(x.dtype)
         else:
             rope = (
                 self.rope_cos[start : start + T].to(x.dtype),
