@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-minutes", type=float, default=20.0, help="pre-training budget")
     parser.add_argument("--only", choices=("demo", "smollm2"), help="task/instruct: one model only")
+    parser.add_argument("--reuse", action="store_true", help="skip results/checkpoints that exist")
     parser.add_argument("--model", help="eval: a model source (checkpoint dir or 'default')")
     parser.add_argument("--split", choices=("plays", "instruct"), help="eval: which held-out set")
     parser.add_argument("--name", help="eval: result name, e.g. plays-smollm2-before")
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     demo = run.Demo(data=args.data, models=args.models, seed=args.seed,
                     pretrain_minutes=args.pretrain_minutes)  # fmt: skip
+    demo.reuse = args.reuse
     demo.smol_test_limits = dict(zip(("plays", "instruct"), args.smol_limits, strict=True))
     models = (args.only,) if args.only else ("demo", "smollm2")
     steps = {

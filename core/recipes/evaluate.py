@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -80,6 +81,8 @@ def evaluate_rows(llm: Any, rows: Sequence[dict[str, Any]], max_new_tokens: int 
         task, ok = row.get("task", "task"), score(row, answer)
         hits[task] += ok
         totals[task] += 1
+        if len(answers) % 10 == 9:
+            print(f"  {len(answers) + 1}/{len(rows)} rows", file=sys.stderr, flush=True)
         answers.append({"task": task, "answer": answer, "gold": row.get("completion", row.get("output")), "ok": ok})  # fmt: skip
     accuracy = {task: hits[task] / totals[task] for task in totals}
     return {"accuracy": accuracy, "n": dict(totals), "answers": answers,

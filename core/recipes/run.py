@@ -32,9 +32,9 @@ class Demo:
     seed: int = 0
     pretrain_minutes: float = 20.0
     pretrain: dict[str, Any] = field(default_factory=lambda: {
-        "arch": "classic", "vocab_size": 4096, "n_layer": 4, "n_head": 4, "n_embd": 256,
-        "block_size": 256, "batch_size": 8, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup_steps": 40,
-        "max_steps": 400, "eval_every": 100, "eval_steps": 10, "save_every": 200,
+        "arch": "classic", "vocab_size": 2048, "n_layer": 4, "n_head": 4, "n_embd": 192,
+        "block_size": 128, "batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 30,
+        "max_steps": 350, "eval_every": 50, "eval_steps": 8, "save_every": 50,
         "val_fraction": 0.05, "weight_decay": 0.1,
     })  # fmt: skip
     demo_finetune: dict[str, Any] = field(default_factory=lambda: {
@@ -42,7 +42,7 @@ class Demo:
         "eval_every": 50, "eval_steps": 5, "save_every": 1000,
     })  # fmt: skip
     smol_finetune: dict[str, Any] = field(default_factory=lambda: {
-        "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 3, "max_steps": 20,
+        "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 2, "max_steps": 12,
         "eval_every": 1000, "eval_steps": 3, "save_every": 1000, "freeze_all_but": 4,
     })  # fmt: skip
     demo_instruct_steps: int = 250  # the instruction mix has five tasks: more steps than plays
@@ -50,6 +50,7 @@ class Demo:
     # SmolLM2 answers at ~5 s a row on a busy 2-core CPU: rows per task for plays / instruct.
     smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 40, "instruct": 10})
     max_new_tokens: int = 10
+    reuse: bool = False  # keep results and fine-tuned checkpoints that already exist
 
     def path(self, *parts: str) -> Path:
         return Path(self.data, *parts)
@@ -108,6 +109,10 @@ def step_pretrain(demo: Demo) -> None:
 
 
 def run_eval(demo: Demo, source: str | Path, split: str, name: str) -> dict[str, Any]:
+    done = demo.path("results", f"{name}.json")
+    if demo.reuse and done.exists():
+        print(f"{name}: reusing {done}", flush=True)
+        return json.loads(done.read_text(encoding="utf-8"))
     test = need(demo.path(split, "test.jsonl"), "prepare")
     limit = demo.demo_test_limit if "demo" in name else demo.smol_test_limits[split]
     result = evaluate.evaluate(source, test, demo.max_new_tokens, limit)
@@ -124,6 +129,9 @@ def step_eval(demo: Demo, source: str | None, split: str | None, name: str | Non
 
 
 def finetune(demo: Demo, init: str | Path, split: str, out: str, settings: dict) -> None:
+    if demo.reuse and (demo.model(out) / "metrics.json").exists():
+        print(f"{out}: reusing {demo.model(out)}", flush=True)
+        return
     files = [need(demo.path(split, f"{s}.jsonl"), "prepare") for s in ("train", "val")]
     args = ["finetune", "--init", str(init), "--data", str(files[0]), "--val", str(files[1])]
     train([*args, "--out", str(demo.model(out)), *flags({**settings, "seed": demo.seed})])
