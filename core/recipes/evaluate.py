@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core import prompts
+from core.logits import SettingsError
 
 _PUNCT = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
 
@@ -64,6 +65,15 @@ def user_content(row: dict[str, Any]) -> str:
     return prompts.instruction(row["instruction"], row.get("input", ""))
 
 
+def rendered_length(tokenizer: Any, row: dict[str, Any]) -> int:
+    """Tokens of the row as fine-tuning renders it: the prompt with the generation header + answer."""
+    chat = [{"role": "user", "content": user_content(row)}]
+    answer = row.get("completion", row.get("output", ""))
+    return len(tokenizer.encode(tokenizer.apply_chat_template(chat))) + len(
+        tokenizer.encode(answer)
+    )
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
@@ -73,11 +83,14 @@ def evaluate_rows(llm: Any, rows: Sequence[dict[str, Any]], max_new_tokens: int 
     """Accuracy per task plus every answer; `llm` is a `core.engine.LLM`."""
     hits: Counter[str] = Counter()
     totals: Counter[str] = Counter()
-    answers = []
+    answers, too_long = [], 0
     started = time.perf_counter()
     for row in rows:
         messages = [{"role": "user", "content": user_content(row)}]
-        answer = "".join(llm.stream(messages, mode="greedy", max_new_tokens=max_new_tokens))
+        try:
+            answer = "".join(llm.stream(messages, mode="greedy", max_new_tokens=max_new_tokens))
+        except SettingsError:  # the prompt does not fit the model's context: scored as a miss
+            answer, too_long = "", too_long + 1
         task, ok = row.get("task", "task"), score(row, answer)
         hits[task] += ok
         totals[task] += 1
@@ -85,7 +98,7 @@ def evaluate_rows(llm: Any, rows: Sequence[dict[str, Any]], max_new_tokens: int 
             print(f"  {len(answers) + 1}/{len(rows)} rows", file=sys.stderr, flush=True)
         answers.append({"task": task, "answer": answer, "gold": row.get("completion", row.get("output")), "ok": ok})  # fmt: skip
     accuracy = {task: hits[task] / totals[task] for task in totals}
-    return {"accuracy": accuracy, "n": dict(totals), "answers": answers,
+    return {"accuracy": accuracy, "n": dict(totals), "too_long": too_long, "answers": answers,
             "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 

@@ -38,14 +38,14 @@ class Demo:
         "val_fraction": 0.05, "weight_decay": 0.1,
     })  # fmt: skip
     demo_finetune: dict[str, Any] = field(default_factory=lambda: {
-        "block_size": 160, "batch_size": 16, "lr": 5e-4, "warmup_steps": 15, "max_steps": 150,
+        "batch_size": 16, "lr": 5e-4, "warmup_steps": 15, "max_steps": 150,
         "eval_every": 50, "eval_steps": 5, "save_every": 1000,
     })  # fmt: skip
     smol_finetune: dict[str, Any] = field(default_factory=lambda: {
         "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 2, "max_steps": 12,
         "eval_every": 1000, "eval_steps": 3, "save_every": 1000, "freeze_all_but": 4,
     })  # fmt: skip
-    demo_instruct_steps: int = 250  # the instruction mix has five tasks: more steps than plays
+    demo_instruct_steps: int = 200  # the instruction mix has five tasks: more steps than plays
     demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)
     # SmolLM2 answers at ~5 s a row on a busy 2-core CPU: rows per task for plays / instruct.
     smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 40, "instruct": 10})
@@ -121,6 +121,21 @@ def run_eval(demo: Demo, source: str | Path, split: str, name: str) -> dict[str,
     return result
 
 
+def fitting(path: Path, model_dir: Path) -> Path:
+    """A copy of a JSONL without the rows whose rendered chat does not fit the model's context."""
+    from core.config import ModelConfig
+    from core.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_dir(model_dir)
+    context = ModelConfig.load(model_dir / "config.json").block_size
+    rows = evaluate.read_rows(path)
+    kept = [r for r in rows if evaluate.rendered_length(tokenizer, r) + 1 <= context]
+    target = path.with_name(f"{path.stem}-ctx{context}.jsonl")
+    prepare.write_jsonl(target, kept)
+    print(f"{target}: {len(kept)} of {len(rows)} rows fit {context} tokens", flush=True)
+    return target
+
+
 def step_eval(demo: Demo, source: str | None, split: str | None, name: str | None) -> None:
     """One evaluation, e.g. to rerun a result; the name decides the row limit (demo-* or not)."""
     if not (source and split and name):
@@ -133,6 +148,8 @@ def finetune(demo: Demo, init: str | Path, split: str, out: str, settings: dict)
         print(f"{out}: reusing {demo.model(out)}", flush=True)
         return
     files = [need(demo.path(split, f"{s}.jsonl"), "prepare") for s in ("train", "val")]
+    if Path(init).is_dir():  # our checkpoint: its context may be shorter than some examples
+        files = [fitting(f, Path(init)) for f in files]
     args = ["finetune", "--init", str(init), "--data", str(files[0]), "--val", str(files[1])]
     train([*args, "--out", str(demo.model(out)), *flags({**settings, "seed": demo.seed})])
 

@@ -190,7 +190,11 @@ class _Answers:
         self.answers, self.asked = answers, []
 
     def stream(self, messages, **_):
+        from core.logits import SettingsError
+
         self.asked.append(messages)
+        if messages[-1]["content"] == "too long":
+            raise SettingsError("the prompt does not fit")
         return iter([self.answers.get(messages[-1]["content"], "")])
 
 
@@ -213,6 +217,22 @@ def test_rows_are_asked_as_fine_tuning_renders_them_and_scored_per_task():
     assert result["accuracy"] == {"plays": 0.0, "next": 1.0}
 
 
+def test_a_prompt_longer_than_the_context_is_a_counted_miss():
+    row = {"prompt": "too long", "completion": "Hamlet", "labels": ["Hamlet"], "task": "plays"}
+    result = evaluate.evaluate_rows(_Answers({}), [row, {**row, "prompt": "short"}])
+    assert result["accuracy"] == {"plays": 0.0} and result["too_long"] == 1
+
+
+def test_fitting_drops_rows_longer_than_the_checkpoint_context(tiny_checkpoint, tmp_path):
+    from core.recipes import run
+
+    rows = [{"prompt": "Which play?", "completion": "Hamlet"},
+            {"prompt": "word " * 400, "completion": "Hamlet"}]  # fmt: skip
+    prepare.write_jsonl(tmp_path / "train.jsonl", rows)
+    kept = evaluate.read_rows(run.fitting(tmp_path / "train.jsonl", tiny_checkpoint))
+    assert kept == rows[:1]
+
+
 @pytest.mark.slow
 def test_miniature_demo_end_to_end(tmp_path):
     """prepare -> pretrain (trainer CLI) -> task fine-tune -> eval -> report, at toy size."""
@@ -220,7 +240,7 @@ def test_miniature_demo_end_to_end(tmp_path):
 
     demo = run.Demo(data=str(tmp_path / "data"), models=str(tmp_path / "models"),
                     pretrain_minutes=2, demo_test_limit=5)  # fmt: skip
-    demo.pretrain.update(vocab_size=400, n_layer=1, n_head=2, n_embd=32, block_size=64,
+    demo.pretrain.update(vocab_size=400, n_layer=1, n_head=2, n_embd=32, block_size=256,
                          batch_size=4, max_steps=5, warmup_steps=1, eval_every=5, eval_steps=2)  # fmt: skip
     demo.demo_finetune.update(max_steps=3, warmup_steps=1, batch_size=4, eval_every=3)
     run.step_prepare(demo)
