@@ -87,6 +87,7 @@ class Reply:
     done: bool = False
     finish_reason: str = ""  # once done: "eos", "length", "stop_string" or "cancelled"
     new_tokens: int = 0
+    model: str = ""  # the name of the model that wrote it
 
 
 def text_of(content: Any) -> str:
@@ -267,7 +268,7 @@ class ChatService:
         except SettingsError as err:
             raise ChatInputError(str(err)) from err
         notes = tuple(dict.fromkeys([*prepared.notices, *generation.notices]))
-        reply = Reply("", tuple(prepared.sources), notes)
+        reply = Reply("", tuple(prepared.sources), notes, model=prepared.llm.name)
         for _ in generation:
             text = generation.best_text if settings.mode == "beam" else generation.text
             yield replace(reply, text=text)

@@ -244,7 +244,9 @@ REASONS = {"eos": "the model ended its turn", "length": "reached max new tokens"
 def notices(reply: Reply, number: int) -> str:
     """Under the chat: how answer `number` ended, and anything the server changed (dropped turns)."""
     ended = REASONS.get(reply.finish_reason, reply.finish_reason)
-    lines = [f"Answer {number} finished: {ended}, {reply.new_tokens} tokens."]
+    lines = [
+        f"Answer {number} finished: {ended}, {reply.new_tokens} tokens from {plain(reply.model)}."
+    ]
     return "  \n".join(lines + [f"ℹ️ {plain(n)}" for n in reply.notices])
 
 
