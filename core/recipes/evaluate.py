@@ -145,7 +145,8 @@ def split_stream(stream: Sequence[int], val_fraction: float, block_size: int):
 
 def pretrain_baseline(paths: Sequence[str | Path], model_dir: str | Path, val_fraction: float,
                       block_size: int) -> dict[str, Any]:  # fmt: skip
-    """Unigram perplexity on the same validation split the trainer measured `model_dir` on."""
+    """Unigram and model perplexity on every target token of the validation split the trainer
+    uses (its own val ppl reads only `eval_steps` batches of it)."""
     from core import data
     from core.tokenizer import Tokenizer
 
@@ -153,7 +154,35 @@ def pretrain_baseline(paths: Sequence[str | Path], model_dir: str | Path, val_fr
     stream = data.token_stream(data.read_texts(paths), tokenizer).tolist()
     train, val = split_stream(stream, val_fraction, block_size)
     ppl = unigram_perplexity(train, val, tokenizer.vocab_size)
-    return {"unigram_ppl": ppl, "train_tokens": len(train), "val_tokens": len(val)}
+    n_val = int(len(stream) * val_fraction)
+    model_ppl = model_perplexity(model_dir, stream[len(stream) - n_val :], block_size)
+    return {"unigram_ppl": ppl, "model_val_ppl_full": model_ppl, "train_tokens": len(train),
+            "val_tokens": len(val)}  # fmt: skip
+
+
+def model_perplexity(model_dir: str | Path, val: Sequence[int], block_size: int) -> float:
+    """exp(mean NLL) of the model over non-overlapping blocks of `block_size` + 1 tokens."""
+    import torch
+
+    from core.engine import LLM
+
+    model = LLM.load(model_dir, dtype="fp32").model.set_layout("row")  # many rows per step
+    n_blocks = (len(val) - 1) // block_size
+    ids = torch.tensor(val[: n_blocks * block_size + 1])
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, n_blocks, 32):
+            rows = [
+                ids[i * block_size : (i + 1) * block_size + 1]
+                for i in range(start, min(start + 32, n_blocks))
+            ]
+            batch = torch.stack(rows)  # (B, T + 1)
+            logits = model(batch[:, :-1])  # (B, T, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"
+            )
+            nll, count = nll + loss.item(), count + batch[:, 1:].numel()
+    return math.exp(nll / count)
 
 
 def samples(source: str | Path, prompt: str, temperatures: Sequence[float] = (0.5, 0.8, 1.1),

@@ -24,10 +24,12 @@ def pretrain_table(results: Path) -> list[str]:
         return ["Pre-training: not run."]
     met = "yes" if r["ratio"] < PRETRAIN_TARGET else "no"
     lines = [
-        "| steps | tokens | minutes | val ppl | unigram ppl | ratio | target < 0.25 met |",
-        "|---|---|---|---|---|---|---|",
+        "| steps | tokens | minutes | trainer val ppl (eval batches) | val ppl (whole split) "
+        "| unigram ppl (whole split) | ratio | target < 0.25 met |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {r['step']} | {r['tokens']:,} | {r['elapsed_s'] / 60:.1f} | {r['val_ppl']:.1f} "
-        f"| {r['unigram_ppl']:.1f} | {r['ratio']:.3f} | {met} |",
+        f"| {r.get('model_val_ppl_full', float('nan')):.1f} | {r['unigram_ppl']:.1f} "
+        f"| {r['ratio']:.3f} | {met} |",
         "",
         "Samples (prompt `ROMEO.`):",
     ]

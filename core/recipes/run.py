@@ -34,18 +34,18 @@ class Demo:
     pretrain: dict[str, Any] = field(default_factory=lambda: {
         "arch": "classic", "vocab_size": 2048, "n_layer": 4, "n_head": 4, "n_embd": 192,
         "block_size": 128, "batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 30,
-        "max_steps": 350, "eval_every": 50, "eval_steps": 8, "save_every": 50,
+        "max_steps": 1100, "eval_every": 100, "eval_steps": 8, "save_every": 200,
         "val_fraction": 0.05, "weight_decay": 0.1,
     })  # fmt: skip
     demo_finetune: dict[str, Any] = field(default_factory=lambda: {
-        "batch_size": 16, "lr": 5e-4, "warmup_steps": 15, "max_steps": 150,
+        "batch_size": 16, "lr": 5e-4, "warmup_steps": 20, "max_steps": 300,
         "eval_every": 50, "eval_steps": 5, "save_every": 1000,
     })  # fmt: skip
     smol_finetune: dict[str, Any] = field(default_factory=lambda: {
-        "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 2, "max_steps": 12,
+        "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 4, "max_steps": 40,
         "eval_every": 1000, "eval_steps": 3, "save_every": 1000, "freeze_all_but": 4,
     })  # fmt: skip
-    demo_instruct_steps: int = 200  # the instruction mix has five tasks: more steps than plays
+    demo_instruct_steps: int = 300  # the instruction mix has five tasks: more steps than plays
     demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)
     # SmolLM2 answers at ~5 s a row on a busy 2-core CPU: rows per task for plays / instruct.
     smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 40, "instruct": 10})
@@ -103,7 +103,11 @@ def step_pretrain(demo: Demo) -> None:
     baseline = evaluate.pretrain_baseline(
         [corpus], out, settings["val_fraction"], settings["block_size"]
     )
-    result = {**metrics, **baseline, "ratio": metrics["val_ppl"] / baseline["unigram_ppl"]}
+    result = {
+        **metrics,
+        **baseline,
+        "ratio": baseline["model_val_ppl_full"] / baseline["unigram_ppl"],
+    }
     result["samples"] = evaluate.samples(out, SAMPLE_PROMPT, seed=demo.seed)
     save_result(demo, "pretrain", result)
 
