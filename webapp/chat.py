@@ -219,7 +219,7 @@ class ChatService:
             ids, notices, messages = self._fit(llm, request, message, hits, settings.max_new_tokens)
         except (SettingsError, PromptError, ModelChoiceError) as err:
             raise ChatInputError(str(err)) from err
-        budget = min(llm.config.block_size - settings.max_new_tokens, self.limits.max_prompt_tokens)
+        budget = llm.prompt_budget(settings.max_new_tokens, self.limits.max_prompt_tokens)
         text = llm.tokenizer.decode(ids, skip_special_tokens=False)
         return Prepared(llm, messages, ids, text, budget, hits, notices)
 

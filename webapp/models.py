@@ -3,7 +3,6 @@ and (on a machine with network) a Hugging Face hub id typed by the user."""
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -11,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.checkpoint import is_checkpoint_dir
+from core.defaults import hub_offline
 from core.engine import LLM, ModelLoadError
 
 DEFAULT = "default"
@@ -23,7 +23,7 @@ class ModelChoiceError(ValueError):
 
 
 def hub_allowed() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes")
+    return not hub_offline()
 
 
 class ModelRegistry:
