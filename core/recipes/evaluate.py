@@ -2,9 +2,15 @@
 
 Each held-out row is asked exactly as fine-tuning renders it: one user message whose content is
 the prompt (task rows) or `prompts.instruction(instruction, input)` (Alpaca rows), through the
-model's chat template, answered by greedy decoding. Scores:
-  label  the first of the example's labels named in the answer equals the gold label (accuracy);
-  exact  the answer's first words equal the gold words, after normalising case, punctuation, space.
+model's chat template. Scores:
+  rank   (label rows) rank classification, as lm-evaluation-harness scores multiple choice: each
+         label is scored by the summed log-probability of its tokens and the end-of-turn token
+         after the prompt, exactly as fine-tuning encodes the reply; the argmax is the answer;
+  label  (label rows, reported as generation accuracy) the first label named in the greedy answer
+         equals the gold label;
+  exact  (other rows) the greedy answer's first words equal the gold words, after normalising
+         case, punctuation and space.
+A row's `accuracy` is rank accuracy for label tasks and exact match for the others.
 """
 
 from __future__ import annotations
@@ -113,14 +119,98 @@ def first_per_task(rows: Sequence[dict[str, Any]], limit: int | None) -> list[di
     return kept
 
 
+# --------------------------------------------------------------------------- rank classification
+def label_continuations(tokenizer: Any, row: dict[str, Any]) -> tuple[list[int], list[list[int]]]:
+    """(prompt ids, ids of each label's reply) as fine-tuning encodes a row answered by that
+    label: the chat up to the generation header, then the label's tokens and end-of-turn token."""
+    from core import data
+
+    prompt: list[int] = []
+    replies = []
+    for label in row["labels"]:
+        chat = [{"role": "user", "content": user_content(row)},
+                {"role": "assistant", "content": label}]  # fmt: skip
+        ids, labels = data.encode_chat(tokenizer, chat, "rank")
+        scored = [j for j, t in enumerate(labels) if t != data.IGNORE]
+        prompt = ids[: scored[0]]  # the same for every label: the rendered prompt is encoded alone
+        replies.append(ids[scored[0] : scored[-1] + 1])
+    return prompt, replies
+
+
+def continuation_logprobs(model: Any, prompt: Sequence[int], replies: Sequence[Sequence[int]]) -> list[float]:  # fmt: skip
+    """Summed log p(reply | prompt) for each reply: one pass over the prompt, then every reply
+    as one right-padded batch over copies of the prompt's KV cache (causal, so padding after a
+    reply cannot change its scores)."""
+    import torch
+
+    n, longest = len(replies), max(len(r) for r in replies)
+    batch = torch.zeros(n, longest, dtype=torch.long)  # (n, L)
+    for i, reply in enumerate(replies):
+        batch[i, : len(reply)] = torch.tensor(reply)
+    valid = torch.arange(longest) < torch.tensor([len(r) for r in replies])[:, None]  # (n, L)
+    cache = model.new_cache(1, len(prompt) + longest)
+    with torch.no_grad():
+        first = model(torch.tensor([list(prompt)]), cache, last_only=True)  # (1, 1, V)
+        cache.reorder(torch.zeros(n, dtype=torch.long))  # n copies of the prompt's keys/values
+        rest = model(batch, cache)  # (n, L, V): rest[:, t] predicts token t + 1
+        logits = torch.cat([first.expand(n, -1, -1), rest[:, :-1]], dim=1)  # (n, L, V)
+        logp = logits.float().log_softmax(-1).gather(-1, batch[..., None]).squeeze(-1)  # (n, L)
+    return (logp * valid).sum(-1).tolist()
+
+
+def rank_rows(llm: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Rank-classification accuracy per task over the rows with labels, and each row's pick.
+    A prompt that leaves no room for a label in the model's context is a counted miss."""
+    from core.model import ContextLengthError
+
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    picks, too_long = [], 0
+    started = time.perf_counter()
+    model = llm.model
+    before = model.layout
+    model.set_layout("row")  # several rows per step: row-major is the fast layout
+    try:
+        for row in rows:
+            if not row.get("labels"):
+                picks.append(None)
+                continue
+            prompt, replies = label_continuations(llm.tokenizer, row)
+            try:
+                scores = continuation_logprobs(model, prompt, replies)
+                pick = row["labels"][max(range(len(scores)), key=scores.__getitem__)]
+            except ContextLengthError:
+                pick, too_long = None, too_long + 1
+            task = row.get("task", "task")
+            hits[task] += pick == row.get("completion", row.get("output"))
+            totals[task] += 1
+            picks.append(pick)
+    finally:
+        model.set_layout(before)
+    accuracy = {task: hits[task] / totals[task] for task in totals}
+    return {"accuracy": accuracy, "picks": picks, "too_long": too_long,
+            "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+
+
 def evaluate(source: str | Path, test_file: str | Path, max_new_tokens: int = 12,
              limit: int | None = None) -> dict:  # fmt: skip
-    """Load `source` with `core.engine.LLM.load`; score it on (up to `limit` per task) test rows."""
+    """Load `source` with `core.engine.LLM.load`; score it on (up to `limit` per task) test rows:
+    label tasks by rank classification (generation accuracy alongside), the others by exact match."""
     from core.engine import LLM
 
     rows = first_per_task(read_rows(test_file), limit)
-    result = evaluate_rows(LLM.load(source, dtype="fp32"), rows, max_new_tokens)
-    return {"model": str(source), "test_file": str(test_file), **result}
+    llm = LLM.load(source, dtype="fp32")
+    generated = evaluate_rows(llm, rows, max_new_tokens)
+    ranked = rank_rows(llm, rows)
+    for row, answer, pick in zip(rows, generated["answers"], ranked["picks"], strict=True):
+        if row.get("labels"):
+            answer.update(rank_pick=pick, rank_ok=pick == answer["gold"])
+    scoring = {t: "rank" if t in ranked["accuracy"] else "exact" for t in generated["n"]}
+    return {"model": str(source), "test_file": str(test_file), **generated,
+            "accuracy": {**generated["accuracy"], **ranked["accuracy"]}, "scoring": scoring,
+            "generation_accuracy": generated["accuracy"], "rank_accuracy": ranked["accuracy"],
+            "rank_too_long": ranked["too_long"], "generation_seconds": generated["seconds"],
+            "seconds": round(generated["seconds"] + ranked["seconds"], 1)}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- unigram baseline

@@ -121,7 +121,8 @@ def run_eval(demo: Demo, source: str | Path, split: str, name: str) -> dict[str,
     limit = demo.demo_test_limit if "demo" in name else demo.smol_test_limits[split]
     result = evaluate.evaluate(source, test, demo.max_new_tokens, limit)
     save_result(demo, name, result)
-    print(f"{name}: {result['accuracy']} ({result['seconds']} s)", flush=True)
+    print(f"{name}: {result['accuracy']} (generation: {result['generation_accuracy']}; "
+          f"{result['seconds']} s)", flush=True)  # fmt: skip
     return result
 
 

@@ -181,6 +181,46 @@ def test_evaluate_scores_every_row_of_a_real_checkpoint(tiny_checkpoint, recipe_
         row_ok = answer["ok"]
         assert isinstance(answer["answer"], str) and row_ok in (True, False)
     assert set(result["accuracy"]) == set(result["n"])
+    assert result["scoring"] == {"bible_book": "rank", "speaker": "rank", "next_words": "exact",
+                                 "verse_next": "exact"}  # fmt: skip
+    assert result["accuracy"]["speaker"] == result["rank_accuracy"]["speaker"]
+    assert result["accuracy"]["next_words"] == result["generation_accuracy"]["next_words"]
+    ranked = [a for a in result["answers"] if a["task"] in ("bible_book", "speaker")]
+    assert len(ranked) == 6 and all(a["rank_ok"] == (a["rank_pick"] == a["gold"]) for a in ranked)
+
+
+def test_rank_classification_picks_the_label_with_the_highest_log_prob(tiny_checkpoint):
+    """The cached, batched scorer equals a direct full-sequence log-prob of each encoded reply."""
+    import torch
+
+    from core import data
+    from core.engine import LLM
+
+    llm = LLM.load(tiny_checkpoint, dtype="fp32")
+    labels = ["Hamlet", "Macbeth", "Romeo and Juliet", "The Merchant of Venice"]
+    picks = []
+    for line in ("Fair is foul, and foul is fair.", "Is this a dagger which I see?"):
+        row = {"prompt": f"Which play? {line}", "completion": "Macbeth", "labels": labels,
+               "task": "plays"}  # fmt: skip
+        prompt, replies = evaluate.label_continuations(llm.tokenizer, row)
+        assert len({len(r) for r in replies}) > 1  # unequal lengths: padding is exercised
+        slow = []
+        for label in labels:
+            chat = [{"role": "user", "content": row["prompt"]},
+                    {"role": "assistant", "content": label}]  # fmt: skip
+            ids, targets = data.encode_chat(llm.tokenizer, chat, "test")
+            end = targets.index(llm.tokenizer.token_to_id("<|im_end|>"))
+            with torch.no_grad():
+                logp = llm.model(torch.tensor([ids[: end + 1]]))[0].log_softmax(-1)  # (T, V)
+            slow.append(sum(logp[j - 1, ids[j]].item() for j in range(end + 1)
+                            if targets[j] != data.IGNORE))  # fmt: skip
+            assert ids[: len(prompt)] == prompt
+        fast = evaluate.continuation_logprobs(llm.model, prompt, replies)
+        assert fast == pytest.approx(slow, abs=1e-4)
+        result = evaluate.rank_rows(llm, [row])
+        picks.append(labels[max(range(len(slow)), key=slow.__getitem__)])
+        assert result["picks"] == [picks[-1]]
+        assert result["accuracy"] == {"plays": float(picks[-1] == "Macbeth")}
 
 
 class _Answers:
