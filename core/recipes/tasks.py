@@ -7,7 +7,7 @@ Held-out material is chosen by unit, never by example, so near-duplicates cannot
   chat    dialogues are split whole (chit-chat replies are trained on but not scored).
 
 Tasks (every answer is short, so greedy decoding can be scored):
-  plays        (task fine-tuning)  "Which play is this line from?"  5 labels, chance 1/5.
+  plays        (task fine-tuning)  "Which play is this passage from?"  5 labels, chance 1/5.
   bible_book   (instruction)       "Which book of the Bible is this verse from?"  5 labels.
   speaker      (instruction)       "Who speaks these lines in <play>?"  4 named options.
   next_words   (instruction)       the next three words of a held-out Shakespeare line (exact match).
@@ -28,7 +28,12 @@ from core.recipes import corpora
 TASK_PLAYS = ("hamlet", "macbeth", "romeo_and_juliet", "julius_caesar", "merchant_of_venice")
 BIBLE_BOOKS = ("Genesis", "Psalms", "Proverbs", "Matthew", "Revelation")
 HELD_OUT_FRACTION = 0.15
-PLAY_PROMPT = "Which play is this line from? Answer with one of: {options}.\n\nLine: {line}"
+PLAY_PROMPT = "Which play is this passage from? Answer with one of: {options}.\n\nPassage: {line}"
+# Up to 4 lines of one speech: the prompt takes ~70 of the demo model's 128 tokens, which leaves
+# room for ~130 characters of verse. Training passages start every 2 lines (overlapping windows);
+# held-out passages tile their speeches, so no held-out line is scored twice.
+PLAY_PASSAGE = {"min_chars": 80, "max_chars": 130, "max_lines": 4}
+PLAY_TRAIN_STRIDE = 2
 INSTRUCTIONS = {
     "bible_book": "Which book of the Bible is this verse from? Answer with one of: {options}.",
     "speaker": "Who speaks these lines in {title}? Answer with one of: {options}.",
@@ -77,13 +82,30 @@ def pretraining_texts(seed: int, plays: tuple[str, ...] = TASK_PLAYS) -> dict[st
 
 
 # --------------------------------------------------------------------------- plays
-def passages(speech: corpora.Speech, min_chars: int = 60, max_lines: int = 2) -> Iterator[str]:
-    """Chunks of up to `max_lines` consecutive spoken lines of one speech, at least `min_chars` long."""
-    lines = speech.lines
-    for i in range(0, len(lines), max_lines):
-        text = " ".join(lines[i : i + max_lines])
+def _run(lines: tuple[str, ...], start: int, max_lines: int, max_chars: int | None) -> list[str]:
+    """Lines from `start`: at most `max_lines`, joined at most `max_chars` long (one line always)."""
+    run = [lines[start]]
+    for line in lines[start + 1 : start + max_lines]:
+        if max_chars is not None and len(" ".join([*run, line])) > max_chars:
+            break
+        run.append(line)
+    return run
+
+
+def passages(speech: corpora.Speech, min_chars: int = 60, max_lines: int = 2,
+             max_chars: int | None = None, stride: int | None = None) -> Iterator[str]:  # fmt: skip
+    """Runs of up to `max_lines` consecutive lines of one speech (and up to `max_chars`), kept when
+    at least `min_chars` long. Without `stride` the runs tile the speech; with it a run starts
+    every `stride` lines (overlapping windows) until one reaches the speech's end."""
+    lines, start = speech.lines, 0
+    while start < len(lines):
+        run = _run(lines, start, max_lines, max_chars)
+        text = " ".join(run)
         if len(text) >= min_chars:
             yield text
+        if stride is not None and start + len(run) >= len(lines):
+            break
+        start += len(run) if stride is None else stride
 
 
 def _scene_split(key: str, seed: int) -> tuple[list[corpora.Scene], list[corpora.Scene]]:
@@ -94,15 +116,16 @@ def _scene_split(key: str, seed: int) -> tuple[list[corpora.Scene], list[corpora
 
 
 def play_examples(seed: int, plays: tuple[str, ...] = TASK_PLAYS) -> dict[str, list[Example]]:
-    """'Which play is this line from?' examples: {"train": [...], "test": [...]} by scene."""
+    """'Which play is this passage from?' examples: {"train": [...], "test": [...]} by scene."""
     titles = [corpora.read_play(k).title for k in plays]
     options = ", ".join(titles)
     split: dict[str, list[Example]] = {"train": [], "test": []}
     for key, title in zip(plays, titles, strict=True):
         for name, scenes in zip(("train", "test"), _scene_split(key, seed), strict=True):
             for scene in scenes:
+                stride = PLAY_TRAIN_STRIDE if name == "train" else None
                 for speech in scene.speeches:
-                    for text in passages(speech):
+                    for text in passages(speech, **PLAY_PASSAGE, stride=stride):
                         prompt = PLAY_PROMPT.format(options=options, line=text)
                         split[name].append(Example("plays", prompt, "", title, tuple(titles)))
     return split

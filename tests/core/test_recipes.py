@@ -62,6 +62,16 @@ def test_missing_corpus_package_says_how_to_install():
         corpora.package_dir("no_such_corpus_package_xyz")
 
 
+def test_passages_tile_held_out_speeches_and_overlap_for_training():
+    speech = corpora.Speech("Ham", tuple(f"line {i} " + "x" * 30 for i in range(7)))  # 37 chars
+    tiles = list(tasks.passages(speech, min_chars=50, max_lines=4, max_chars=120))
+    lines = speech.lines  # 3 lines fit 120 chars; the 7th alone is under 50
+    assert tiles == [" ".join(lines[0:3]), " ".join(lines[3:6])]
+    windows = list(tasks.passages(speech, min_chars=50, max_lines=4, max_chars=120, stride=2))
+    assert [w.split()[1] for w in windows] == ["0", "2", "4"]  # the third reaches the end
+    assert list(tasks.passages(speech)) == [" ".join(speech.lines[i : i + 2]) for i in (0, 2, 4)]
+
+
 # --------------------------------------------------------------------------- splits
 def test_held_out_is_seeded_and_stable():
     assert tasks.held_out(20, "hamlet", 0) == tasks.held_out(20, "hamlet", 0)
@@ -80,13 +90,14 @@ def test_prepare_is_deterministic(recipe_dir, tmp_path):
 def test_held_out_play_lines_are_in_no_training_file_nor_the_pretraining_text(recipe_dir):
     root, manifest = recipe_dir
     test = rows(root / "plays/test.jsonl")
-    assert len(test) == 150 and manifest["plays"]["chance"] == pytest.approx(0.2)
+    assert len(test) == 125 and manifest["plays"]["chance"] == pytest.approx(0.2)
+    assert set(manifest["plays"]["per_label"]["test"].values()) == {25}
     train = {r["prompt"] for r in rows(root / "plays/train.jsonl") + rows(root / "plays/val.jsonl")}
     corpus = "\n".join(p.read_text(encoding="utf-8") for p in (root / "pretrain").glob("*.txt"))
     corpus = " ".join(corpus.split())
     for row in test:
         assert row["prompt"] not in train
-        line = row["prompt"].split("\n\nLine: ", 1)[1]
+        line = row["prompt"].split("\n\nPassage: ", 1)[1]
         assert line[:50] not in corpus, f"held-out line seen in pre-training: {line!r}"
 
 
