@@ -5,6 +5,10 @@ exactly N new tokens (EOS ignored by both, so both do the same work); fp32 and b
 Prints tokens/s, time to first token and peak extra memory, with the ratio ours / transformers.
 
     .venv/bin/python bench/decode.py [--new-tokens 128] [--threads 2] [--dtypes fp32,bf16]
+
+`--profile` adds, per dtype, where one greedy step's time goes (the weight matmuls through
+`core.layers.linear`, against everything else, with the top torch ops of the rest) and how far
+the step is from the memory-bandwidth limit: weight bytes / (bytes per second a sum over 1 GiB reads).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import psutil
 import torch
 
 from bench.forward import load_reference
+from core import kernels
 from core.decode import beam_search, stream_tokens
 from core.engine import LLM
+from core.layers import linear
 
 PROMPT = (
     "Summarise the following notes for a colleague. ScratchGPT is a chat and retrieval app whose "
@@ -103,6 +109,64 @@ def run_theirs(model, ids: list[int], mode: str, n: int, seed: int = 0):
     return total, (streamer.first - start) if streamer else float("nan")
 
 
+def read_bandwidth(gib: float = 1.0) -> float:
+    """Bytes per second a sum over a `gib` GiB fp32 tensor reads (best of 5)."""
+    big = torch.ones(int(gib * 2**30) // 4)
+    best = 1e9
+    for _ in range(5):
+        start = time.perf_counter()
+        big.sum()
+        best = min(best, time.perf_counter() - start)
+    return big.numel() * 4 / best
+
+
+def profile(llm: LLM, ids: list[int], label: str, steps: int = 24) -> None:
+    """Where a greedy step's time goes, and how far it is from the bandwidth limit."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = llm.model
+    mats = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.wte.weight if model.lm_head is None else model.lm_head.weight
+    mats.append(head)
+    weight_bytes = sum(w.numel() * w.element_size() for w in mats)
+    xs = [torch.randn(1, 1, w.shape[1]).to(w.dtype) for w in mats]
+    with torch.inference_mode():
+        stream = stream_tokens(model, ids, max_new_tokens=2 * steps + 1)
+        next(stream)  # prefill
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(stream)
+        step = (time.perf_counter() - start) / steps
+        best = 1e9
+        for _ in range(5):
+            start = time.perf_counter()
+            for w, x in zip(mats, xs, strict=True):
+                linear(x, w)
+            best = min(best, time.perf_counter() - start)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                next(stream)
+    bandwidth = read_bandwidth()
+    limit = bandwidth / weight_bytes
+    print(f"\n{label}: one greedy step {step * 1e3:.1f} ms = {1 / step:.1f} tok/s; weights "
+          f"{weight_bytes / 2**20:.0f} MiB; kernel {kernels.reason}")  # fmt: skip
+    print(
+        f"  weight matmuls alone {best * 1e3:.1f} ms ({best / step:.0%} of the step), "
+        f"{weight_bytes / best / 1e9:.1f} GB/s; everything else {(step - best) * 1e3:.1f} ms"
+    )
+    print(
+        f"  read bandwidth {bandwidth / 1e9:.1f} GB/s -> limit {limit:.1f} tok/s; this step is "
+        f"{(1 / step) / limit:.0%} of it"
+    )
+    print("  top torch ops (self CPU, per step):")
+    for event in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]:
+        print(
+            f"    {event.key:<28} {event.self_cpu_time_total / steps / 1e3:6.2f} ms"
+            f"  {event.count / steps:5.0f} calls"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -110,6 +174,7 @@ def main() -> None:
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--modes", default="greedy,sample,beam")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="add the per-step profile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n, rows = args.new_tokens, []
@@ -132,6 +197,8 @@ def main() -> None:
                 (t_ours, ttft_ours), (t_theirs, ttft_theirs) = best["ours"], best["theirs"]
                 rows.append((label, mode, n / t_ours, n / t_theirs, ttft_ours, ttft_theirs,
                              mem_ours.extra_mb, mem_theirs.extra_mb))  # fmt: skip
+        if args.profile:
+            profile(ours, ids, label)
         del ours, theirs
     print(
         f"\ngeneration, prompt {len(ids)} tokens, {n} new tokens, {args.threads} threads, "

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from core import checkpoint, weights
+from core import checkpoint, kernels, weights
 from core.checkpoint import CheckpointError
 from core.decode import GenerationSettings, beam_search, stream_tokens
 from core.defaults import (
@@ -130,8 +130,8 @@ class LLM:
             )
         except (CheckpointError, WeightsError) as err:
             raise ModelLoadError(str(err)) from err
-        if target.type == "cpu" and torch_dtype == torch.float32:
-            model.set_layout("transposed")  # one-row decoding steps read it fastest
+        if target.type == "cpu" and torch_dtype == torch.float32 and not kernels.available():
+            model.set_layout("transposed")  # torch's one-row matmuls read it fastest
         if tokenizer is None:
             raise ModelLoadError(
                 f"{source}: no tokenizer found beside the weights (tokenizer.json)."

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import kernels
 from core.config import ModelConfig
 
 ATTN_IMPLS = ("sdpa", "explicit")
@@ -15,8 +16,12 @@ ATTN_IMPLS = ("sdpa", "explicit")
 
 # --- linear maps ---------------------------------------------------------------------------
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x W^T + b. For a few rows of fp32 on CPU with W stored row-major, computing (W x^T)^T
-    streams W ~2.5x faster (bench/decode.py: beam search runs 4 rows per step)."""
+    """x W^T + b. A few rows on CPU (decoding steps) go to our kernel (`core.kernels`); without
+    it, for fp32 with W stored row-major, computing (W x^T)^T streams W ~2.5x faster than
+    F.linear (bench/decode.py: beam search runs 4 rows per step)."""
+    y = kernels.linear(x, weight, bias)
+    if y is not None:
+        return y
     rows = x.numel() // x.shape[-1]
     if (
         rows <= 16
@@ -185,7 +190,6 @@ class CausalSelfAttention(nn.Module):
             config.head_dim,
         )
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        self.split = (q_dim, kv_dim, kv_dim)
         # W_q, W_k, W_v stacked into one matrix: one matmul instead of three, same result.
         self.qkv = Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.attn_bias)
         self.proj = Linear(q_dim, config.n_embd, bias=config.attn_out_bias)  # W_O
@@ -195,16 +199,18 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None, layer: int, impl: str,
     ) -> torch.Tensor:  # fmt: skip
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(self.split, dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        heads = self.qkv(x).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh+2nkv, T, hd)
+        if rope is not None:  # q and k heads rotated together: half the element-wise ops
+            qk = apply_rope(heads[:, : nh + nkv], *rope)
+            q, k, v = qk[:, :nh], qk[:, nh:], heads[:, nh + nkv :]
+        else:
+            q, k, v = heads.split((nh, nkv, nkv), dim=1)  # (B, nh, T, hd), (B, nkv, T, hd) x2
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hd), S = cached + T
+            q = q.to(k.dtype)  # a bf16 model on CPU keeps an fp32 cache (KVCache)
         y = attention_explicit(q, k, v) if impl == "explicit" else attention_sdpa(q, k, v)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # heads side by side
+        y = y.transpose(1, 2).reshape(B, T, nh * hd).to(x.dtype)  # heads side by side
         return self.proj(y)
 
 

@@ -69,14 +69,13 @@ class Decoder(nn.Module):
         self._attn_impl = value
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-        """An empty KV cache on this model's device and dtype."""
+        """An empty KV cache on this model's device, in its dtype; fp32 on CPU, where bf16
+        matmuls are emulated (no native bf16): a bf16 model attends ~3x faster over an fp32
+        cache, and more precisely."""
         p = self.wte.weight
+        dtype = torch.float32 if p.device.type == "cpu" else p.dtype
         return KVCache(
-            self.config,
-            batch_size,
-            max_len or self.config.block_size,
-            device=p.device,
-            dtype=p.dtype,
+            self.config, batch_size, max_len or self.config.block_size, device=p.device, dtype=dtype
         )
 
     def forward(
