@@ -33,9 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--smol-limits",
         type=int,
         nargs=2,
-        default=(40, 10),
         metavar=("PLAYS", "PER_TASK"),
-        help="SmolLM2 held-out rows: plays in all, instruction rows per task",
+        help="SmolLM2 held-out rows: plays in all, instruction rows per task (default: Demo's)",
     )
     return parser
 
@@ -45,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = run.Demo(data=args.data, models=args.models, seed=args.seed,
                     pretrain_minutes=args.pretrain_minutes)  # fmt: skip
     demo.reuse = args.reuse
-    demo.smol_test_limits = dict(zip(("plays", "instruct"), args.smol_limits, strict=True))
+    if args.smol_limits:
+        demo.smol_test_limits = dict(zip(("plays", "instruct"), args.smol_limits, strict=True))
     models = (args.only,) if args.only else ("demo", "smollm2")
     steps = {
         "prepare": lambda: run.step_prepare(demo),

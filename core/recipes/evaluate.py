@@ -193,23 +193,33 @@ def rank_rows(llm: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate(source: str | Path, test_file: str | Path, max_new_tokens: int = 12,
-             limit: int | None = None) -> dict:  # fmt: skip
+             limit: int | None = None, label_generation: bool = True) -> dict:  # fmt: skip
     """Load `source` with `core.engine.LLM.load`; score it on (up to `limit` per task) test rows:
-    label tasks by rank classification (generation accuracy alongside), the others by exact match."""
+    label tasks by rank classification (generation accuracy alongside unless `label_generation`
+    is False, which saves most of the time for a large model), the others by exact match."""
     from core.engine import LLM
 
     rows = first_per_task(read_rows(test_file), limit)
     llm = LLM.load(source, dtype="fp32")
-    generated = evaluate_rows(llm, rows, max_new_tokens)
+    asked = [label_generation or not row.get("labels") for row in rows]
+    generated = evaluate_rows(
+        llm, [r for r, a in zip(rows, asked, strict=True) if a], max_new_tokens
+    )
     ranked = rank_rows(llm, rows)
-    for row, answer, pick in zip(rows, generated["answers"], ranked["picks"], strict=True):
+    answers, replies = [], iter(generated["answers"])
+    for row, ask, pick in zip(rows, asked, ranked["picks"], strict=True):
+        gold = row.get("completion", row.get("output"))
+        answer = next(replies) if ask else {"task": row.get("task", "task"), "gold": gold}
         if row.get("labels"):
-            answer.update(rank_pick=pick, rank_ok=pick == answer["gold"])
-    scoring = {t: "rank" if t in ranked["accuracy"] else "exact" for t in generated["n"]}
-    return {"model": str(source), "test_file": str(test_file), **generated,
+            answer.update(rank_pick=pick, rank_ok=pick == gold)
+        answers.append(answer)
+    n = dict(Counter(row.get("task", "task") for row in rows))
+    scoring = {t: "rank" if t in ranked["accuracy"] else "exact" for t in n}
+    return {"model": str(source), "test_file": str(test_file), "n": n, "answers": answers,
             "accuracy": {**generated["accuracy"], **ranked["accuracy"]}, "scoring": scoring,
             "generation_accuracy": generated["accuracy"], "rank_accuracy": ranked["accuracy"],
-            "rank_too_long": ranked["too_long"], "generation_seconds": generated["seconds"],
+            "too_long": generated["too_long"], "rank_too_long": ranked["too_long"],
+            "generation_seconds": generated["seconds"],
             "seconds": round(generated["seconds"] + ranked["seconds"], 1)}  # fmt: skip
 
 

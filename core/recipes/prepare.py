@@ -28,9 +28,9 @@ from core.recipes.tasks import Example
 class Sizes:
     """How many examples to keep: per label for plays, per task for the instruction mix."""
 
-    # Macbeth's training scenes give 677 windows: 640 per label + 5% validation. Merchant of
+    # Macbeth's training scenes give 1162 windows: 1100 per label + 5% validation. Merchant of
     # Venice's held-out scenes give 25 passages, so the balanced test set has 125 rows.
-    plays_train_per_label: int = 640
+    plays_train_per_label: int = 1100
     plays_test_per_label: int = 25
     instruct_train_per_task: int = 1500
     instruct_test_per_task: int = 50

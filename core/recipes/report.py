@@ -7,6 +7,12 @@ from pathlib import Path
 from typing import Any
 
 PRETRAIN_TARGET = 0.25  # the demo's val ppl must be below 25% of the unigram baseline's
+SCORING_NOTE = (
+    "Scoring: `rank` = rank classification (each label scored by the summed log-probability of "
+    "its tokens and the end-of-turn token after the prompt; the best is the answer); `exact` = "
+    "the greedy answer starts with the gold words. Generation accuracy = the first label named "
+    "in the greedy answer."
+)
 
 
 def _load(results: Path, name: str) -> dict[str, Any] | None:
@@ -38,30 +44,62 @@ def pretrain_table(results: Path) -> list[str]:
     return lines
 
 
+def _acc(run: dict[str, Any] | None, task: str, key: str = "accuracy") -> float | None:
+    return run.get(key, {}).get(task) if run else None
+
+
+def _steps(results: Path, model_dir: str) -> str:
+    ft = _load(results, f"ft-{model_dir}")
+    return f"{ft['step']} steps, {ft['elapsed_s'] / 60:.1f} min" if ft else "—"
+
+
+TASK_FT = {"demo": "demo-shakespeare-plays", "smollm2": "smollm2-plays-ft"}
+INSTRUCT_FT = {"demo": "demo-shakespeare-instruct", "smollm2": "smollm2-instruct-ft"}
+
+
 def task_table(results: Path, chance: float | None) -> list[str]:
-    lines = ["| model | before | after | chance | after / chance |", "|---|---|---|---|---|"]
+    lines = [
+        "| model | n | before (rank) | after (rank) | chance | after / chance "
+        "| before (generation) | after (generation) | fine-tuning |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for model in ("demo", "smollm2"):
         before, after = (_load(results, f"plays-{model}-{s}") for s in ("before", "after"))
-        acc = [r["accuracy"].get("plays") if r else None for r in (before, after)]
+        acc = [_acc(r, "plays") for r in (before, after)]
+        gen = [_acc(r, "plays", "generation_accuracy") for r in (before, after)]
         ratio = f"{acc[1] / chance:.1f}x" if acc[1] is not None and chance else "—"
-        n = (after or before or {}).get("n", {}).get("plays", "—")
+        ns = {r["n"]["plays"] for r in (before, after) if r}
+        n = "/".join(map(str, sorted(ns))) or "—"
         lines.append(
-            f"| {model} (n={n}) | {_pct(acc[0])} | {_pct(acc[1])} | {_pct(chance)} | {ratio} |"
+            f"| {model} | {n} | {_pct(acc[0])} | {_pct(acc[1])} | {_pct(chance)} | {ratio} "
+            f"| {_pct(gen[0])} | {_pct(gen[1])} | {_steps(results, TASK_FT[model])} |"
         )
     return lines
 
 
 def instruct_table(results: Path) -> list[str]:
-    lines = ["| task | n | demo before | demo after | SmolLM2 before | SmolLM2 after |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    runs = {f"{m}-{s}": _load(results, f"instruct-{m}-{s}") for m in ("demo", "smollm2")
+    """Per task and model: before -> after (change); label tasks add generation accuracy."""
+    lines = ["| task | scoring | model | n | before | after | change | generation before -> after |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    runs = {(m, s): _load(results, f"instruct-{m}-{s}") for m in ("demo", "smollm2")
             for s in ("before", "after")}  # fmt: skip
     tasks = sorted({t for r in runs.values() if r for t in r["accuracy"]})
     for task in tasks:
-        n = next((r["n"][task] for r in runs.values() if r and task in r["n"]), "—")
-        cells = [_pct(r["accuracy"].get(task)) if r else "—" for r in runs.values()]
-        lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
-    return lines
+        for model in ("demo", "smollm2"):
+            before, after = runs[(model, "before")], runs[(model, "after")]
+            if not (before or after):
+                continue
+            acc = [_acc(r, task) for r in (before, after)]
+            change = "—" if None in acc else f"{100 * (acc[1] - acc[0]):+.1f} pts"
+            scoring = (after or before).get("scoring", {}).get(task, "generation")
+            gen = [_acc(r, task, "generation_accuracy") for r in (before, after)]
+            shown = f"{_pct(gen[0])} -> {_pct(gen[1])}" if scoring == "rank" else "(same)"
+            ns = {r["n"][task] for r in (before, after) if r and task in r["n"]}
+            n = "/".join(map(str, sorted(ns))) or "—"
+            lines.append(f"| {task} | {scoring} | {model} | {n} | {_pct(acc[0])} | "
+                         f"{_pct(acc[1])} | {change} | {shown} |")  # fmt: skip
+    steps = ", ".join(f"{m}: {_steps(results, d)}" for m, d in INSTRUCT_FT.items())
+    return [*lines, "", f"Instruction fine-tuning: {steps}."]
 
 
 def render(results: str | Path, manifest: dict[str, Any]) -> str:
@@ -72,6 +110,7 @@ def render(results: str | Path, manifest: dict[str, Any]) -> str:
     parts = [
         "## Pre-training (classic, from scratch, CPU)", "", *pretrain_table(results), "",
         f"## Task fine-tuning: which play? ({labels})", "", *task_table(results, chance), "",
+        SCORING_NOTE, "",
         "## Instruction fine-tuning (held-out accuracy / exact match per task)", "",
         *instruct_table(results), "",
     ]  # fmt: skip

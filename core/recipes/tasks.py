@@ -30,10 +30,10 @@ BIBLE_BOOKS = ("Genesis", "Psalms", "Proverbs", "Matthew", "Revelation")
 HELD_OUT_FRACTION = 0.15
 PLAY_PROMPT = "Which play is this passage from? Answer with one of: {options}.\n\nPassage: {line}"
 # Up to 4 lines of one speech: the prompt takes ~70 of the demo model's 128 tokens, which leaves
-# room for ~130 characters of verse. Training passages start every 2 lines (overlapping windows);
+# room for ~130 characters of verse. Training passages start at every line (overlapping windows);
 # held-out passages tile their speeches, so no held-out line is scored twice.
 PLAY_PASSAGE = {"min_chars": 80, "max_chars": 130, "max_lines": 4}
-PLAY_TRAIN_STRIDE = 2
+PLAY_TRAIN_STRIDE = 1
 INSTRUCTIONS = {
     "bible_book": "Which book of the Bible is this verse from? Answer with one of: {options}.",
     "speaker": "Who speaks these lines in {title}? Answer with one of: {options}.",

@@ -198,6 +198,11 @@ def test_evaluate_scores_every_row_of_a_real_checkpoint(tiny_checkpoint, recipe_
     assert result["accuracy"]["next_words"] == result["generation_accuracy"]["next_words"]
     ranked = [a for a in result["answers"] if a["task"] in ("bible_book", "speaker")]
     assert len(ranked) == 6 and all(a["rank_ok"] == (a["rank_pick"] == a["gold"]) for a in ranked)
+    quick = evaluate.evaluate(tiny_checkpoint, root / "instruct/test.jsonl", 4, 3, False)
+    assert quick["rank_accuracy"] == result["rank_accuracy"] and quick["n"] == result["n"]
+    assert set(quick["generation_accuracy"]) == {"next_words", "verse_next"}
+    assert [a.get("answer") is None for a in quick["answers"]] == [t in ("bible_book", "speaker")
+                                                                  for t in quick["n"] for _ in "abc"]  # fmt: skip
 
 
 def test_rank_classification_picks_the_label_with_the_highest_log_prob(tiny_checkpoint):
