@@ -130,7 +130,7 @@ def profile(llm: LLM, ids: list[int], label: str, steps: int = 24) -> None:
     head = model.wte.weight if model.lm_head is None else model.lm_head.weight
     mats.append(head)
     weight_bytes = sum(w.numel() * w.element_size() for w in mats)
-    xs = [torch.randn(1, 1, w.shape[1]).to(w.dtype) for w in mats]
+    xs = [torch.randn(1, 1, w.shape[1], dtype=model.activation_dtype()) for w in mats]
     with torch.inference_mode():
         stream = stream_tokens(model, ids, max_new_tokens=2 * steps + 1)
         next(stream)  # prefill

@@ -22,6 +22,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     y = kernels.linear(x, weight, bias)
     if y is not None:
         return y
+    if weight.dtype != x.dtype:  # bf16 weights, fp32 activations (CPU; see Decoder.forward)
+        weight = weight.to(x.dtype)
+        bias = bias.to(x.dtype) if bias is not None else None
     rows = x.numel() // x.shape[-1]
     if (
         rows <= 16
@@ -70,6 +73,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = kernels.rms_norm(x, self.weight, self.eps)  # decoding steps: the same formula in C
+        if y is not None:
+            return y
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -200,7 +206,12 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:  # fmt: skip
         B, T, _ = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        heads = self.qkv(x).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh+2nkv, T, hd)
+        qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
+        if cache is not None and T == 1 and impl == "sdpa":  # a decoding step: one C call
+            y = kernels.attend_one(qkv, rope, cache, layer, nh, nkv)
+            if y is not None:
+                return self.proj(y)
+        heads = qkv.view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh+2nkv, T, hd)
         if rope is not None:  # q and k heads rotated together: half the element-wise ops
             qk = apply_rope(heads[:, : nh + nkv], *rope)
             q, k, v = qk[:, :nh], qk[:, nh:], heads[:, nh + nkv :]
@@ -208,9 +219,8 @@ class CausalSelfAttention(nn.Module):
             q, k, v = heads.split((nh, nkv, nkv), dim=1)  # (B, nh, T, hd), (B, nkv, T, hd) x2
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hd), S = cached + T
-            q = q.to(k.dtype)  # a bf16 model on CPU keeps an fp32 cache (KVCache)
         y = attention_explicit(q, k, v) if impl == "explicit" else attention_sdpa(q, k, v)
-        y = y.transpose(1, 2).reshape(B, T, nh * hd).to(x.dtype)  # heads side by side
+        y = y.transpose(1, 2).reshape(B, T, nh * hd)  # heads side by side
         return self.proj(y)
 
 

@@ -68,12 +68,17 @@ class Decoder(nn.Module):
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {value!r}.")
         self._attn_impl = value
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-        """An empty KV cache on this model's device, in its dtype; fp32 on CPU, where bf16
-        matmuls are emulated (no native bf16): a bf16 model attends ~3x faster over an fp32
-        cache, and more precisely."""
+    def activation_dtype(self) -> torch.dtype:
+        """bf16 weights compute in fp32 on CPU: x86 CPUs without native bf16 (AVX2 ones, like
+        these machines) emulate every bf16 op, and our matmul kernel widens bf16 weights in
+        registers, so the weights stream at half the bytes while the arithmetic stays fp32."""
         p = self.wte.weight
-        dtype = torch.float32 if p.device.type == "cpu" else p.dtype
+        return torch.float32 if p.device.type == "cpu" and p.dtype == torch.bfloat16 else p.dtype
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty KV cache on this model's device, in its activation dtype."""
+        p = self.wte.weight
+        dtype = self.activation_dtype()
         return KVCache(
             self.config, batch_size, max_len or self.config.block_size, device=p.device, dtype=dtype
         )
@@ -88,7 +93,7 @@ class Decoder(nn.Module):
             raise ContextLengthError(
                 f"{start + T} tokens exceed the model's context of {self.config.block_size}."
             )
-        x = self.wte(idx)  # (B, T, C)
+        x = self.wte(idx).to(self.activation_dtype())  # (B, T, C)
         rope = None
         if self.config.position == "learned":
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))

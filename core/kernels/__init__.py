@@ -1,9 +1,12 @@
-"""Our own CPU kernel for decoding's few-row matmuls (`gemv.c`), compiled on first use.
+"""Our own CPU kernels for decoding steps (`cpu.c`), compiled on first use.
 
+`linear`, `rms_norm` and `attend_one` return their result from the kernel, or None where the
+kernel does not apply, so the caller runs the torch version (core/layers.py, the reference).
 `linear(x, weight, bias)` returns `x W^T + b` from the kernel, or None when the kernel does not
 apply, so the caller falls back to torch: not on CPU, more than `MAX_ROWS` rows (prefill and
-training run torch's GEMM), autograd needed, dtypes other than fp32/bf16, a non-contiguous W, or
-no kernel on this machine (no AVX2+FMA, no gcc, or SCRATCHGPT_KERNELS=0).
+training run torch's GEMM), autograd needed, activations other than fp32, weights other than
+fp32/bf16, a non-contiguous W, or no kernel on this machine (no AVX2+FMA, no gcc, or
+SCRATCHGPT_KERNELS=0). bf16 models on CPU keep fp32 activations (`core.model.Decoder.forward`).
 
 The shared library is built with gcc into ~/.cache/scratchgpt/kernels (SCRATCHGPT_CACHE moves it),
 named by a hash of the source and flags, and written atomically, so concurrent first uses and
@@ -29,7 +32,7 @@ import torch
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16
-SOURCE = Path(__file__).with_name("gemv.c")
+SOURCE = Path(__file__).with_name("cpu.c")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 
 _lock = threading.Lock()
@@ -55,11 +58,11 @@ def cache_dir() -> Path:
 
 
 def build(target_dir: Path | None = None) -> Path:
-    """Compile gemv.c (if not already built for this source and these flags); the .so path."""
+    """Compile cpu.c (if not already built for this source and these flags); the .so path."""
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
     target_dir = target_dir or cache_dir()
-    target = target_dir / f"gemv-{digest}.so"
+    target = target_dir / f"cpu-{digest}.so"
     if target.exists():
         return target
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
@@ -69,7 +72,9 @@ def build(target_dir: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
         partial = Path(tmp) / target.name
         done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True
+            [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"],
+            capture_output=True,
+            text=True,
         )
         if done.returncode != 0:
             raise RuntimeError(f"gcc failed: {done.stderr.strip()[-500:]}")
@@ -98,8 +103,13 @@ def _load() -> ctypes.CDLL | None:
         p, i = ctypes.c_void_p, ctypes.c_int
         lib.linear_f32.argtypes = [p, p, p, p, i, i, i, i]
         lib.linear_f32.restype = None
-        lib.linear_bf16.argtypes = [p, p, p, p, i, i, i, i]
-        lib.linear_bf16.restype = ctypes.c_int
+        lib.linear_bf16w.argtypes = [p, p, p, p, i, i, i, i]
+        lib.linear_bf16w.restype = None
+        f = ctypes.c_float
+        lib.rms_norm.argtypes = [p, p, i, p, i, i, f]
+        lib.rms_norm.restype = None
+        lib.attend_one.argtypes = [p, p, p, p, p, p, i, i, i, i, i, i, i]
+        lib.attend_one.restype = ctypes.c_int
         _lib, reason = lib, "on"
         return lib
 
@@ -109,9 +119,12 @@ def available() -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-    """x (..., K) @ weight (N, K)^T + bias from the kernel, or None where it does not apply."""
+    """fp32 x (..., K) @ weight (N, K)^T + bias, with fp32 or bf16 weight (and bias), as fp32
+    from the kernel; None where it does not apply."""
     lib = _lib if _tried else _load()
-    if lib is None or x.device.type != "cpu" or x.dtype != weight.dtype:
+    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    if weight.dtype not in (torch.float32, torch.bfloat16):
         return None
     K = x.shape[-1]
     rows = x.numel() // K if K else 0
@@ -123,14 +136,67 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return None
     x = x.contiguous()
     N = weight.shape[0]
-    y = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
+    y = torch.empty(*x.shape[:-1], N, dtype=torch.float32)
     b = bias.data_ptr() if bias is not None else None
     threads = torch.get_num_threads()
-    if x.dtype == torch.float32:
+    if weight.dtype == torch.float32:
         lib.linear_f32(x.data_ptr(), weight.data_ptr(), b, y.data_ptr(), rows, N, K, threads)
-    elif x.dtype == torch.bfloat16:
-        if lib.linear_bf16(x.data_ptr(), weight.data_ptr(), b, y.data_ptr(), rows, N, K, threads):
-            raise MemoryError("core.kernels: no memory for a few rows of activations")
     else:
-        return None
+        lib.linear_bf16w(x.data_ptr(), weight.data_ptr(), b, y.data_ptr(), rows, N, K, threads)
     return y
+
+
+def _inference(*tensors: torch.Tensor) -> bool:
+    """fp32 CPU tensors that autograd does not need to see."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float):
+    """RMSNorm of fp32 rows (at most MAX_ROWS) with an fp32 or bf16 gain, or None."""
+    lib = _lib if _tried else _load()
+    dim = x.shape[-1]
+    rows = x.numel() // dim if dim else 0
+    if lib is None or not 0 < rows <= MAX_ROWS or not _inference(x):
+        return None
+    if weight.dtype not in (torch.float32, torch.bfloat16) or not weight.is_contiguous():
+        return None
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return None
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    bf16 = weight.dtype == torch.bfloat16
+    lib.rms_norm(x.data_ptr(), weight.data_ptr(), bf16, y.data_ptr(), rows, dim, eps)
+    return y
+
+
+def attend_one(qkv: torch.Tensor, rope, cache, layer: int, n_head: int, n_kv_head: int):
+    """One decoding step's attention for B rows of one new token each, or None.
+
+    qkv (B, 1, (nh + 2 nkv) hd) is the QKV projection; `rope` is (cos, sin) of shape (1, hd) for
+    this position or None; the new keys and values go into `cache` (a KVCache) at `cache.length`.
+    Returns (B, 1, nh hd), the heads side by side, as `CausalSelfAttention` would."""
+    lib = _lib if _tried else _load()
+    if lib is None or qkv.shape[1] != 1 or not _inference(qkv, cache.k):
+        return None
+    B, width = qkv.shape[0], qkv.shape[-1]
+    hd = width // (n_head + 2 * n_kv_head)
+    pos = cache.length
+    if pos >= cache.max_len:
+        raise ValueError(f"KV cache holds {cache.max_len} positions; {pos + 1} were requested.")
+    if rope is not None:
+        cos, sin = (t.contiguous() for t in rope)
+        if not _inference(cos, sin):
+            return None
+    qkv = qkv.contiguous().clone()  # rotated in place
+    out = torch.empty(B, 1, n_head * hd)
+    k, v = cache.k[layer], cache.v[layer]  # (B, nkv, max_len, hd), contiguous
+    status = lib.attend_one(
+        qkv.data_ptr(), cos.data_ptr() if rope is not None else None,
+        sin.data_ptr() if rope is not None else None, k.data_ptr(), v.data_ptr(),
+        out.data_ptr(), B, n_head, n_kv_head, hd, cache.max_len, pos, torch.get_num_threads(),
+    )  # fmt: skip
+    if status:
+        raise MemoryError("core.kernels: no memory for the attention scores")
+    return out

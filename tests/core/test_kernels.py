@@ -1,4 +1,4 @@
-"""Our decoding matmul kernel (core/kernels/gemv.c) against torch, and where it steps aside."""
+"""Our decoding kernels (core/kernels/cpu.c) against torch, and where it steps aside."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from core import kernels
 from core.config import ModelConfig
 from core.decode import stream_tokens
+from core.layers import KVCache, RMSNorm, apply_rope, attention_explicit, rope_tables
 from core.model import Decoder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,28 +35,15 @@ def _kernel_required() -> None:
 def test_kernel_equals_torch_linear(dtype, rows, n, k, with_bias):
     _kernel_required()
     g = torch.Generator().manual_seed(rows * 1000 + n + k)
-    x = torch.randn(1, rows, k, generator=g).to(dtype)
+    x = torch.randn(1, rows, k, generator=g)  # activations are fp32, weights fp32 or bf16
     w = torch.randn(n, k, generator=g).to(dtype)
     b = torch.randn(n, generator=g).to(dtype) if with_bias else None
     with torch.inference_mode():
         ours = kernels.linear(x, w, b)
-    assert ours is not None and ours.shape == (1, rows, n) and ours.dtype == dtype
+    assert ours is not None and ours.shape == (1, rows, n) and ours.dtype == torch.float32
+    # the exact product of the stored (bf16-rounded) weights: the kernel widens, never rounds
     exact = F.linear(x.double(), w.double(), None if b is None else b.double())
-    if dtype == torch.float32:
-        torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-4)
-    else:  # fp32 sums rounded once to bf16: within half a bf16 unit (2^-8 relative) of exact
-        assert ((ours.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
-
-
-def test_kernel_bf16_rounds_to_nearest_even_and_keeps_nan():
-    _kernel_required()
-    bf16 = torch.bfloat16
-    w = torch.tensor([[1.0, 1.0], [float("nan"), 0.0]], dtype=bf16)
-    # exact fp32 sums halfway between two bf16 values (ulp 2^-7 at 1.0): the even mantissa wins
-    x = torch.tensor([[1.0, 2**-8], [1.0, 3 * 2**-8]], dtype=bf16)
-    y = kernels.linear(x, w)
-    assert y[0, 0].item() == 1.0 and y[1, 0].item() == 1.0 + 2**-6
-    assert torch.isnan(y[:, 1]).all()
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-4)
 
 
 def test_kernel_steps_aside_where_torch_must_run():
@@ -64,7 +52,8 @@ def test_kernel_steps_aside_where_torch_must_run():
     assert kernels.linear(torch.randn(17, 4), w) is None  # prefill / training: torch's GEMM
     assert kernels.linear(torch.randn(2, 4, dtype=torch.float64), w.double()) is None
     assert kernels.linear(torch.randn(2, 4), w.t().contiguous().t()) is None  # transposed store
-    assert kernels.linear(torch.randn(2, 4), w.to(torch.bfloat16)) is None  # mixed dtypes
+    assert kernels.linear(torch.randn(2, 4, dtype=torch.bfloat16), w) is None  # bf16 activations
+    assert kernels.linear(torch.randn(2, 4), w.half()) is None
     leaf = torch.randn(8, 4, requires_grad=True)
     assert kernels.linear(torch.randn(2, 4), leaf) is None  # autograd needs torch's op
     with torch.no_grad():
@@ -109,3 +98,70 @@ def test_disabled_kernel_falls_back_and_says_why():
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert out == ["False disabled by SCRATCHGPT_KERNELS", "None"]
+
+
+def test_bf16_model_on_cpu_computes_in_fp32():
+    """bf16 weights, fp32 activations: logits equal the fp32 model holding the same bf16-rounded
+    weights, for the prefill (torch) and the cached steps (the kernel, where available)."""
+    config = ModelConfig.preset(
+        "llama", vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64
+    )
+    torch.manual_seed(1)
+    bf16 = Decoder(config).eval().to(torch.bfloat16)
+    widened = Decoder(config).eval()
+    widened.load_state_dict({k: v.float() for k, v in bf16.state_dict().items()})
+    ids = torch.tensor([[5, 17, 3, 42, 8, 61]])
+    with torch.inference_mode():
+        caches = bf16.new_cache(), widened.new_cache()
+        assert caches[0].k.dtype == torch.float32
+        for step in (ids, ids[:, :1], ids[:, 2:3]):
+            ours, want = bf16(step, cache=caches[0]), widened(step, cache=caches[1])
+            assert ours.dtype == torch.float32
+            torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_kernel_equals_the_formula(dtype):
+    _kernel_required()
+    norm = RMSNorm(40, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(40))
+    norm = norm.to(dtype)
+    x = torch.randn(3, 1, 40) * 7
+    h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels.rms_norm(x, norm.weight, 1e-5), norm.weight.float() * h)
+    assert kernels.rms_norm(torch.randn(17, 40), norm.weight, 1e-5) is None  # prefill: torch
+
+
+@pytest.mark.parametrize(("n_head", "n_kv_head", "rotary", "batch"),
+                         [(4, 4, True, 1), (6, 2, True, 3), (4, 1, False, 2)])  # fmt: skip
+def test_attend_one_equals_cached_attention_in_torch(n_head, n_kv_head, rotary, batch):
+    """Rotation, cache write and attention of one new token over 9 cached ones, against
+    apply_rope + KVCache.update + attention_explicit."""
+    _kernel_required()
+    hd, pos = 8, 9
+    config = ModelConfig.preset("llama", vocab_size=11, n_layer=2, n_head=n_head,
+                                n_kv_head=n_kv_head, n_embd=n_head * hd, block_size=16)  # fmt: skip
+    ours, theirs = (KVCache(config, batch, 16) for _ in range(2))
+    history = torch.randn(2, config.n_layer, batch, n_kv_head, pos, hd)
+    for cache in (ours, theirs):
+        cache.k[:, :, :, :pos], cache.v[:, :, :, :pos] = history[0], history[1]
+        cache.length = pos
+    qkv = torch.randn(batch, 1, (n_head + 2 * n_kv_head) * hd)
+    cos, sin = rope_tables(16, hd, 10000.0)
+    rope = (cos[pos : pos + 1], sin[pos : pos + 1]) if rotary else None
+    with torch.inference_mode():
+        got = kernels.attend_one(qkv, rope, ours, 1, n_head, n_kv_head)
+        heads = qkv.view(batch, 1, -1, hd).transpose(1, 2)
+        q, k, v = heads.split((n_head, n_kv_head, n_kv_head), dim=1)
+        if rotary:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        k_all, v_all = theirs.update(1, k, v)
+        want = attention_explicit(q, k_all, v_all).transpose(1, 2).reshape(batch, 1, -1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.k, theirs.k, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.v, theirs.v)
+    ours.length = 16
+    with pytest.raises(ValueError, match="holds 16 positions"):
+        kernels.attend_one(qkv, rope, ours, 0, n_head, n_kv_head)
