@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from ingest import IngestError, Store, retrieve
+from ingest import Embedder, IngestError, Store, retrieve
 
 
 def main() -> None:
@@ -20,7 +20,8 @@ def main() -> None:
             out = {"error": type(exc).__name__, "message": str(exc)}
             print(json.dumps({**out, "seconds": time.monotonic() - start}))
         return
-    store = Store(owner, path=path, write_batch=8)
+    # the parent's embedder (tests/ingest/conftest.py): the same vectors, so the same scores
+    store = Store(owner, path=path, write_batch=8, embedder=Embedder(precision="fp32"))
     if command == "query":
         hits = [[h.chunk_id, h.page, round(h.score, 5)] for h in retrieve(store, arg, k=5)]
         print(json.dumps(hits))

@@ -1,19 +1,32 @@
-"""Retrieval quality on a 47-question set over KJV chapters and Shakespeare pages: hit@5 >= 0.9."""
+"""Retrieval quality on a 47-question set over KJV chapters and Shakespeare pages: hit@5 >= 0.9,
+for fp32 and for the opt-in int8 embeddings (which may lose a question: ingest/embeddings.py)."""
 
 from __future__ import annotations
 
-from ingest import Store, retrieve
+import pytest
+
+from ingest import Embedder, Store, retrieve
+from ingest.embeddings import cpu_has_fbgemm
 from tests.ingest.qa_set import corpus, score
 
 
-def test_hit_at_5_and_mrr_on_the_pypi_corpora(tmp_path, embedder, capsys, record_property):
+def qa_result(embedder, path) -> dict:
     documents, questions = corpus()
     assert len(questions) >= 40
-    with Store("qa", path=tmp_path / "store", embedder=embedder) as store:
+    with Store("qa", path=path, embedder=embedder) as store:
         for document in documents:
             assert store.add_document(document).added
         ranked = [[(h.source, h.page) for h in retrieve(store, q.query, k=5)] for q in questions]
-    result = score(ranked, questions, k=5)
+    return score(ranked, questions, k=5)
+
+
+@pytest.fixture(scope="module")
+def fp32_result(embedder, tmp_path_factory) -> dict:
+    return qa_result(embedder, tmp_path_factory.mktemp("qa-fp32"))
+
+
+def test_hit_at_5_and_mrr_on_the_pypi_corpora(fp32_result, capsys, record_property):
+    result = fp32_result
     record_property("retrieval", result)
     with capsys.disabled():
         print(
@@ -22,3 +35,13 @@ def test_hit_at_5_and_mrr_on_the_pypi_corpora(tmp_path, embedder, capsys, record
         )
     assert result["hit@5"] >= 0.9
     assert result["mrr"] >= 0.7
+
+
+def test_int8_embeddings_keep_retrieval_above_the_bar(fp32_result, tmp_path, capsys):
+    if not cpu_has_fbgemm():
+        pytest.skip("int8 needs an x86-64 CPU with AVX2 (torch's fbgemm)")
+    int8 = qa_result(Embedder(precision="int8"), tmp_path / "qa-int8")
+    with capsys.disabled():
+        print(f"\nretrieval int8: hit@5 {int8['hit@5']:.3f}, MRR@5 {int8['mrr']:.3f}")
+    assert int8["hit@5"] >= 0.9 and int8["mrr"] >= 0.7
+    assert fp32_result["hit@5"] - int8["hit@5"] <= 0.05  # at most two of 47 questions lost

@@ -1,0 +1,56 @@
+"""The embedder: our batched encode equals sentence-transformers'; precision choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ingest import Embedder
+from ingest.embeddings import cpu_has_fbgemm, cpu_has_native_bf16
+
+TEXTS = [
+    "In the beginning God created the heaven and the earth.",
+    "To be, or not to be, that is the question:",
+    "x",
+    "Now is the winter of our discontent made glorious summer by this sun of York; " * 6,
+    "Café crème, naïve façade — ünïcödé 🥐.",
+    "And the earth was without form, and void; and darkness was upon the face of the deep.",
+    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.",
+]
+
+
+def test_encode_equals_sentence_transformers_in_order(embedder):
+    want = embedder.model.encode(TEXTS, batch_size=64, normalize_embeddings=True)
+    threads = torch.get_num_threads()
+    for batch_size, workers in [(2, 2), (3, 1), (64, None)]:
+        ours = Embedder.__new__(Embedder)
+        ours.__dict__.update(embedder.__dict__, batch_size=batch_size, workers=workers)
+        got = ours.encode(TEXTS)
+        assert got.shape == (len(TEXTS), embedder.dimension) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    assert torch.get_num_threads() == threads  # worker threads never change the caller's
+    assert embedder.encode([]).shape == (0, embedder.dimension)
+
+
+def _fbgemm_required() -> None:
+    if not cpu_has_fbgemm():
+        pytest.skip("int8 needs an x86-64 CPU with AVX2 (torch's fbgemm)")
+
+
+def test_auto_precision_is_bf16_only_where_it_is_native():
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert Embedder().precision == expected
+
+
+def test_int8_vectors_stay_close_to_fp32(embedder):
+    _fbgemm_required()
+    int8 = Embedder(precision="int8")
+    cosine = (int8.encode(TEXTS) * embedder.encode(TEXTS)).sum(axis=1)
+    # int8 moves short texts most ("x": ~0.91); retrieval: tests/ingest/test_retrieval_quality.py
+    assert cosine.min() > 0.85 and cosine.mean() > 0.95, cosine
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(ValueError, match="auto, fp32, bf16 or int8"):
+        Embedder(precision="fp8")
