@@ -2,7 +2,7 @@
 
 1. End-to-end ingest of a 200-page text PDF (child-process parse, chunk, embed, Chroma write) vs the
    bare fp32 `SentenceTransformer.encode` of the same chunks, with the default ("auto") embedder
-   and with the opt-in int8 one.
+   and with an fp32 one.
 2. Query latency p50/p95 and recall@5 against exact search, at 10k and 100k chunks of real
    embeddings (KJV verses and Shakespeare lines, cached under data/bench/), for Chroma's default HNSW
    settings and ours (`ingest.store.HNSW`).
@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from ingest import Embedder, Store, chunk_document, load_document
-from ingest.embeddings import cpu_has_fbgemm
 
 CACHE = Path("data/bench")
 
@@ -72,9 +71,8 @@ def bench_ingest(n_pages: int, repeats: int) -> None:
     from sentence_transformers import SentenceTransformer
 
     data = pdf_of_pages(n_pages)
-    embedders = {"auto": Embedder()}  # bf16 autocast where the CPU has native bf16, else fp32
-    if cpu_has_fbgemm():
-        embedders["int8 (opt-in)"] = Embedder(precision="int8")
+    # "auto": bf16 autocast with native bf16, int8 on other AVX2 CPUs; fp32 for comparison
+    embedders = {"auto": Embedder(), "fp32": Embedder(precision="fp32")}
     chunks = [c.text for c in chunk_document(load_document(data, name="bench.pdf"))]
     bare = SentenceTransformer(embedders["auto"].model_path, device="cpu")
     bare.encode(chunks[:8])

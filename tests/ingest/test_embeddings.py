@@ -38,9 +38,19 @@ def _fbgemm_required() -> None:
         pytest.skip("int8 needs an x86-64 CPU with AVX2 (torch's fbgemm)")
 
 
-def test_auto_precision_is_bf16_only_where_it_is_native():
-    expected = "bf16" if cpu_has_native_bf16() else "fp32"
-    assert Embedder().precision == expected
+def test_auto_precision_is_int8_on_avx2_cpus_without_native_bf16():
+    _fbgemm_required()
+    if cpu_has_native_bf16():
+        pytest.skip("this CPU has native bf16: auto picks bf16 autocast")
+    embedder = Embedder()
+    assert embedder.precision == "int8" and embedder.batch_size == 1
+
+
+def test_int8_vector_of_a_text_does_not_depend_on_its_batch_mates():
+    _fbgemm_required()
+    int8 = Embedder(precision="int8")
+    alone = np.stack([int8.encode([t])[0] for t in TEXTS])
+    np.testing.assert_array_equal(int8.encode(TEXTS), alone)
 
 
 def test_int8_vectors_stay_close_to_fp32(embedder):

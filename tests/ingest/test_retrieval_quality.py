@@ -1,5 +1,5 @@
 """Retrieval quality on a 47-question set over KJV chapters and Shakespeare pages: hit@5 >= 0.9,
-for fp32 and for the opt-in int8 embeddings (which may lose a question: ingest/embeddings.py)."""
+and int8 embeddings (the default on AVX2 CPUs) within one point of fp32."""
 
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ def test_hit_at_5_and_mrr_on_the_pypi_corpora(fp32_result, capsys, record_proper
     assert result["mrr"] >= 0.7
 
 
-def test_int8_embeddings_keep_retrieval_above_the_bar(fp32_result, tmp_path, capsys):
+def test_int8_embeddings_keep_retrieval_within_one_point(fp32_result, tmp_path, capsys):
     if not cpu_has_fbgemm():
         pytest.skip("int8 needs an x86-64 CPU with AVX2 (torch's fbgemm)")
     int8 = qa_result(Embedder(precision="int8"), tmp_path / "qa-int8")
     with capsys.disabled():
         print(f"\nretrieval int8: hit@5 {int8['hit@5']:.3f}, MRR@5 {int8['mrr']:.3f}")
-    assert int8["hit@5"] >= 0.9 and int8["mrr"] >= 0.7
-    assert fp32_result["hit@5"] - int8["hit@5"] <= 0.05  # at most two of 47 questions lost
+    assert int8["hit@5"] >= fp32_result["hit@5"] - 0.01
+    assert int8["mrr"] >= fp32_result["mrr"] - 0.01
