@@ -50,7 +50,7 @@ def _acc(run: dict[str, Any] | None, task: str, key: str = "accuracy") -> float 
 
 def _steps(results: Path, model_dir: str) -> str:
     ft = _load(results, f"ft-{model_dir}")
-    return f"{ft['step']} steps, {ft['elapsed_s'] / 60:.1f} min" if ft else "—"
+    return f"{ft['step']} steps, {ft['elapsed_s'] / 60:.1f} min wall" if ft else "—"
 
 
 TASK_FT = {"demo": "demo-shakespeare-plays", "smollm2": "smollm2-plays-ft"}

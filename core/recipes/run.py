@@ -42,10 +42,10 @@ class Demo:
         "eval_every": 100, "eval_steps": 10, "save_every": 5000,
     })  # fmt: skip
     smol_finetune: dict[str, Any] = field(default_factory=lambda: {
-        "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 4, "max_steps": 40,
-        "eval_every": 1000, "eval_steps": 3, "save_every": 1000, "freeze_all_but": 4,
+        "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 10, "max_steps": 240,
+        "eval_every": 1000, "eval_steps": 5, "save_every": 1000, "freeze_all_but": 4,
     })  # fmt: skip
-    demo_instruct_steps: int = 300  # the instruction mix has five tasks: more steps than plays
+    demo_instruct_steps: int = 1000  # 2 epochs of the 7,500-row instruction mix
     demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)
     # SmolLM2 answers at ~5 s a row on a busy 2-core CPU: rows per task for plays / instruct.
     smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 125, "instruct": 25})
