@@ -8,7 +8,7 @@ Precision ("auto" picks the fastest that keeps retrieval quality; bench/retrieva
         quantisation of the Linear layers (per-channel weights; torch's fbgemm kernels), one text
         per batch so each text's activations get their own scale. Shared batches were faster but
         made a vector depend on its batch mates and cost a question of the 47-question set; one
-        text per batch matches fp32's hit@5 there, at ~1.7x fp32's encoding speed.
+        text per batch matches fp32's hit@5 there; encoding ran ~1.4-1.7x fp32's speed on 2 cores.
   fp32  everywhere else, and the reference.
 """
 
