@@ -128,11 +128,16 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Store this step's (B, nkv, T, hd) keys/values; return everything cached so far."""
-        end = self.length + k.shape[2]
+    def room(self, n: int) -> int:
+        """The position after `n` more tokens; ValueError when the cache cannot hold them."""
+        end = self.length + n
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were requested.")
+        return end
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Store this step's (B, nkv, T, hd) keys/values; return everything cached so far."""
+        end = self.room(k.shape[2])
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]

@@ -81,7 +81,7 @@ class Embedder(EmbeddingFunction[Documents]):
         *,
         device: str = "cpu",
         precision: str = "auto",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
     ) -> None:
         if precision not in {"auto", "fp32", "bf16", "int8"}:
@@ -92,7 +92,6 @@ class Embedder(EmbeddingFunction[Documents]):
 
         self.model_path = model_path or default_model_path()
         self.device = device
-        self.batch_size = batch_size
         self.workers = workers
         self.model = SentenceTransformer(self.model_path, device=device, local_files_only=True)
         self.model.eval()
@@ -107,7 +106,9 @@ class Embedder(EmbeddingFunction[Documents]):
             if device != "cpu" or not cpu_has_fbgemm():
                 raise ValueError("precision int8 needs an x86-64 CPU with AVX2 (torch's fbgemm).")
             self.model = quantize_int8(self.model)
-            self.batch_size = 1  # activation scales per text: no vector depends on its batch mates
+        # int8 defaults to one text per batch: activation scales per text, so no vector depends
+        # on its batch mates (module docstring); an explicit batch_size is honoured
+        self.batch_size = batch_size or (1 if precision == "int8" else 32)
         self.precision = precision
         self._torch = torch
 

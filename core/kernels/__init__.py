@@ -182,9 +182,7 @@ def attend_one(qkv: torch.Tensor, rope, cache, layer: int, n_head: int, n_kv_hea
         return None
     B, width = qkv.shape[0], qkv.shape[-1]
     hd = width // (n_head + 2 * n_kv_head)
-    pos = cache.length
-    if pos >= cache.max_len:
-        raise ValueError(f"KV cache holds {cache.max_len} positions; {pos + 1} were requested.")
+    pos = cache.room(1) - 1
     if rope is not None:
         cos, sin = (t.contiguous() for t in rope)
         if not _inference(cos, sin):

@@ -44,6 +44,8 @@ def test_auto_precision_is_int8_on_avx2_cpus_without_native_bf16():
         pytest.skip("this CPU has native bf16: auto picks bf16 autocast")
     embedder = Embedder()
     assert embedder.precision == "int8" and embedder.batch_size == 1
+    assert Embedder(precision="int8", batch_size=8).batch_size == 8  # an explicit size is kept
+    assert Embedder(precision="fp32").batch_size == 32
 
 
 def test_int8_vector_of_a_text_does_not_depend_on_its_batch_mates():
