@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from core.config import ModelConfig
 from core.layers import (
@@ -32,6 +33,9 @@ class Decoder(nn.Module):
         self.config = config
         self.attn_impl = attn_impl
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        # False while the first blocks are frozen: the input lookup then passes no gradient back,
+        # so backward stops at the first trainable block (a tied head still trains, output side)
+        self.embed_grad = True
         if config.position == "learned":
             self.wpe = nn.Embedding(config.block_size, config.n_embd)
         elif config.position == "sinusoidal":
@@ -84,16 +88,23 @@ class Decoder(nn.Module):
         )
 
     def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """idx (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with `last_only`."""
+        """idx (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with `last_only`, or (N, vocab)
+        at the N positions where the boolean (B, T) `select` is true (fine-tuning scores only
+        the response tokens: the vocabulary projection skips the rest)."""
         _B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ContextLengthError(
                 f"{start + T} tokens exceed the model's context of {self.config.block_size}."
             )
-        x = self.wte(idx).to(self.activation_dtype())  # (B, T, C)
+        table = self.wte.weight if self.embed_grad else self.wte.weight.detach()
+        x = F.embedding(idx, table).to(self.activation_dtype())  # (B, T, C)
         rope = None
         if self.config.position == "learned":
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
@@ -112,6 +123,8 @@ class Decoder(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:]
+        elif select is not None:
+            x = x[select]  # (N, C)
         x = self.ln_f(x)
         weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
         return linear(x, weight)  # (B, T, vocab)

@@ -95,10 +95,15 @@ def make_accelerator(precision: str):
 
 
 def batch_loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    logits = model(x)  # (B, T, vocab)
-    return F.cross_entropy(
-        logits.float().flatten(0, 1), y.flatten(), ignore_index=data.IGNORE, reduction=reduction
-    )
+    """Cross-entropy over the labelled positions; where the loss mask drops some (fine-tuning),
+    logits are computed at the labelled positions only."""
+    scored = y != data.IGNORE
+    if bool(scored.all()):
+        logits = model(x).flatten(0, 1)  # (B*T, vocab)
+        y = y.flatten()
+    else:
+        logits, y = model(x, select=scored), y[scored]  # (N, vocab)
+    return F.cross_entropy(logits.float(), y, reduction=reduction)
 
 
 class Loop:

@@ -110,7 +110,9 @@ def freeze_all_but(model: Decoder, n: int | None) -> list[str]:
     """Train only the last `n` blocks, the final norm and the LM head; return trainable names.
 
     With tied embeddings the LM head *is* the token embedding matrix, so it trains too (and with
-    it the input embeddings); an untied model trains its separate `lm_head` only.
+    it the input embeddings); an untied model trains its separate `lm_head` only. The frozen
+    blocks are a fixed feature extractor: the input lookup passes no gradient back through them
+    (`Decoder.embed_grad`), so backward runs through the last `n` blocks only, not all of them.
     """
     if n is None:
         return [name for name, _ in model.named_parameters()]
@@ -118,6 +120,7 @@ def freeze_all_but(model: Decoder, n: int | None) -> list[str]:
     if not 0 <= n <= n_layer:
         raise TrainError(f"--freeze-all-but must be between 0 and n_layer ({n_layer}), got {n}.")
     model.requires_grad_(False)
+    model.embed_grad = n == n_layer
     keep = [*model.blocks[n_layer - n :], model.ln_f]
     keep.append(model.wte if model.lm_head is None else model.lm_head)
     for module in keep:

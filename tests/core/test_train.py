@@ -127,6 +127,14 @@ def test_freeze_all_but_trains_only_the_last_blocks_norm_and_head(corpus, tokeni
     after = LLM.load(ft.out).model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {k for k in before if k.startswith(("blocks.2.", "ln_f.", "wte."))}
+    # backward stops at the first trainable block: frozen blocks record no autograd graph
+    model = LLM.load(base.out).model
+    assert trainsetup.freeze_all_but(model, 1) and not model.embed_grad
+    needs_grad = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _m, _i, out: needs_grad.append(out.requires_grad))
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    assert needs_grad == [False, False, True] and model.wte.weight.grad is not None
 
 
 def test_shards_of_n_processes_make_the_one_process_batch_and_cover_each_epoch():
@@ -144,6 +152,37 @@ def test_schedule_warms_up_then_decays_to_min_lr():
     assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(60, cfg) == pytest.approx(5.5e-4) and lr_at(110, cfg) == pytest.approx(1e-4)
     assert lr_at(500, cfg) == pytest.approx(1e-4)
+
+
+def test_masked_loss_projects_only_the_scored_positions_and_matches_the_full_logits(
+    corpus, tokenizer_dir
+):
+    """Fine-tuning's loss (logits at the response positions only) equals cross-entropy over the
+    full (B, T, vocab) logits with ignored labels, in value and in every gradient."""
+    tok = Tokenizer.from_dir(tokenizer_dir)
+    torch.manual_seed(0)
+    model = Decoder(trainsetup.model_config(TrainConfig(**TINY), tok))
+    x = torch.randint(0, tok.vocab_size, (3, 16))
+    y = torch.randint(0, tok.vocab_size, (3, 16))
+    y[:, :10] = data.IGNORE  # prompt positions
+    y[1, 12:] = data.IGNORE  # padding
+    reference = torch.nn.functional.cross_entropy(
+        model(x).flatten(0, 1), y.flatten(), ignore_index=data.IGNORE
+    )
+    want = torch.autograd.grad(reference, list(model.parameters()))
+    loss = train.batch_loss(model, x, y)
+    got = torch.autograd.grad(loss, list(model.parameters()))
+    assert model(x, select=y != data.IGNORE).shape == (
+        int((y != data.IGNORE).sum()),
+        tok.vocab_size,
+    )
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    summed = train.batch_loss(model, x, y, reduction="sum")
+    assert summed.item() == pytest.approx(
+        reference.item() * int((y != data.IGNORE).sum()), rel=1e-5
+    )
 
 
 def test_weight_decay_applies_to_matrices_only(corpus, tokenizer_dir):
