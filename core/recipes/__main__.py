@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="data/recipes", help="where data and results go")
     parser.add_argument("--models", default="models", help="where checkpoints go")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pretrain-minutes", type=float, default=20.0, help="pre-training budget")
+    parser.add_argument("--pretrain-minutes", type=float, help="pre-training budget (default 28)")
     parser.add_argument("--only", choices=("demo", "smollm2"), help="task/instruct: one model only")
     parser.add_argument("--reuse", action="store_true", help="skip results/checkpoints that exist")
     parser.add_argument("--model", help="eval: a model source (checkpoint dir or 'default')")
@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    demo = run.Demo(data=args.data, models=args.models, seed=args.seed,
-                    pretrain_minutes=args.pretrain_minutes)  # fmt: skip
+    demo = run.Demo(data=args.data, models=args.models, seed=args.seed)
+    if args.pretrain_minutes is not None:
+        demo.pretrain_minutes = args.pretrain_minutes
     demo.reuse = args.reuse
     if args.smol_limits:
         demo.smol_test_limits = dict(zip(("plays", "instruct"), args.smol_limits, strict=True))

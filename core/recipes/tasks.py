@@ -1,7 +1,7 @@
 """Deterministic train/held-out splits for the demo recipes, derived from the PyPI corpora.
 
 Held-out material is chosen by unit, never by example, so near-duplicates cannot leak:
-  plays   a seeded ~15% of the scenes of each task play is held out; those scenes are cut from the
+  plays   a seeded ~25% of the scenes of each task play is held out; those scenes are cut from the
           pre-training corpus too, so no held-out line was ever seen by the demo model.
   KJV     a seeded ~15% of the chapters of every book is held out.
   chat    dialogues are split whole (chit-chat replies are trained on but not scored).
@@ -10,8 +10,8 @@ Tasks (every answer is short, so greedy decoding can be scored):
   plays        (task fine-tuning)  "Which play is this passage from?"  5 labels, chance 1/5.
   bible_book   (instruction)       "Which book of the Bible is this verse from?"  5 labels.
   speaker      (instruction)       "Who speaks these lines in <play>?"  4 named options.
-  next_words   (instruction)       the next three words of a held-out Shakespeare line (exact match).
-  verse_next   (instruction)       the next three words of a held-out KJV verse (exact match).
+  next_words   (instruction)       the last word of a held-out Shakespeare line (exact match).
+  verse_next   (instruction)       the last word of a held-out KJV verse (exact match).
   chat_reply   (instruction)       reply to a chit-chat message (trained, not scored).
 """
 
@@ -28,17 +28,21 @@ from core.recipes import corpora
 TASK_PLAYS = ("hamlet", "macbeth", "romeo_and_juliet", "julius_caesar", "merchant_of_venice")
 BIBLE_BOOKS = ("Genesis", "Psalms", "Proverbs", "Matthew", "Revelation")
 HELD_OUT_FRACTION = 0.15
+# a quarter of each task play's scenes: the Merchant of Venice then gives 51 held-out passages
+PLAY_HELD_OUT_FRACTION = 0.25
 PLAY_PROMPT = "Which play is this passage from? Answer with one of: {options}.\n\nPassage: {line}"
-# Up to 4 lines of one speech: the prompt takes ~70 of the demo model's 128 tokens, which leaves
-# room for ~130 characters of verse. Training passages start at every line (overlapping windows);
-# held-out passages tile their speeches, so no held-out line is scored twice.
-PLAY_PASSAGE = {"min_chars": 80, "max_chars": 130, "max_lines": 4}
+# Up to 6 lines of one speech, 120-200 characters: with the ~70-token prompt that fits the demo
+# model's 256-token context. Shorter passages carry too little to tell the plays apart (a
+# character n-gram naive Bayes scores 54% on 80-130 characters, 64% on these). Training passages
+# start at every line (overlapping windows); held-out passages tile their speeches, so no
+# held-out line is scored twice.
+PLAY_PASSAGE = {"min_chars": 120, "max_chars": 200, "max_lines": 6}
 PLAY_TRAIN_STRIDE = 1
 INSTRUCTIONS = {
     "bible_book": "Which book of the Bible is this verse from? Answer with one of: {options}.",
     "speaker": "Who speaks these lines in {title}? Answer with one of: {options}.",
-    "next_words": "Continue this line from Shakespeare with its next three words.",
-    "verse_next": "Continue this verse from the King James Bible with its next three words.",
+    "next_words": "Complete this line from Shakespeare with its last word.",
+    "verse_next": "Complete this verse from the King James Bible with its last word.",
     "chat_reply": "Reply to this chat message in one or two friendly sentences.",
 }
 SCORING = {"plays": "label", "bible_book": "label", "speaker": "label",
@@ -68,7 +72,10 @@ def held_out(n: int, key: str, seed: int, fraction: float = HELD_OUT_FRACTION) -
 
 
 def held_out_scenes(seed: int, plays: tuple[str, ...] = TASK_PLAYS) -> dict[str, frozenset[int]]:
-    return {key: held_out(len(corpora.read_play(key).scenes), key, seed) for key in plays}
+    return {
+        key: held_out(len(corpora.read_play(key).scenes), key, seed, PLAY_HELD_OUT_FRACTION)
+        for key in plays
+    }
 
 
 # --------------------------------------------------------------------------- pre-training
@@ -110,7 +117,7 @@ def passages(speech: corpora.Speech, min_chars: int = 60, max_lines: int = 2,
 
 def _scene_split(key: str, seed: int) -> tuple[list[corpora.Scene], list[corpora.Scene]]:
     play = corpora.read_play(key)
-    skip = held_out(len(play.scenes), key, seed)
+    skip = held_out(len(play.scenes), key, seed, PLAY_HELD_OUT_FRACTION)
     train = [s for i, s in enumerate(play.scenes) if i not in skip]
     return train, [s for i, s in enumerate(play.scenes) if i in skip]
 
@@ -151,7 +158,7 @@ def speaker_examples(
     ]
 
 
-def continuation(text: str, n_words: int = 3, min_words: int = 7) -> tuple[str, str] | None:
+def continuation(text: str, n_words: int = 1, min_words: int = 7) -> tuple[str, str] | None:
     """(prefix, last `n_words` words) of a line with at least `min_words` words, else None."""
     words = text.split()
     if len(words) < min_words:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import math
 
@@ -90,8 +92,8 @@ def test_prepare_is_deterministic(recipe_dir, tmp_path):
 def test_held_out_play_lines_are_in_no_training_file_nor_the_pretraining_text(recipe_dir):
     root, manifest = recipe_dir
     test = rows(root / "plays/test.jsonl")
-    assert len(test) == 125 and manifest["plays"]["chance"] == pytest.approx(0.2)
-    assert set(manifest["plays"]["per_label"]["test"].values()) == {25}
+    assert len(test) == 250 and manifest["plays"]["chance"] == pytest.approx(0.2)
+    assert set(manifest["plays"]["per_label"]["test"].values()) == {50}
     train = {r["prompt"] for r in rows(root / "plays/train.jsonl") + rows(root / "plays/val.jsonl")}
     corpus = "\n".join(p.read_text(encoding="utf-8") for p in (root / "pretrain").glob("*.txt"))
     corpus = " ".join(corpus.split())
@@ -119,6 +121,12 @@ def test_instruction_test_inputs_are_never_trained_on(recipe_dir):
     assert {r["task"] for r in test} == {"bible_book", "speaker", "next_words", "verse_next"}
     assert all((r["instruction"], r["input"]) not in seen for r in test)
     assert manifest["instruct"]["tasks"]["chat_reply"]["train"] > 0
+    # label tasks are balanced over their answers (up to an equal share each), so always giving
+    # the majority answer is no shortcut
+    for task in ("bible_book", "speaker"):
+        answers = Counter(r["output"] for r in test if r["task"] == task)
+        share = -(-prepare.Sizes().instruct_test_per_task // len(answers))
+        assert len(answers) > 1 and max(answers.values()) <= share, (task, answers)
 
 
 def test_jsonl_shapes(recipe_dir):
