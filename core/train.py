@@ -264,12 +264,35 @@ class Loop:
         self.acc.wait_for_everyone()
 
 
+class Best:
+    """The lowest validation loss so far, its step and (with keep_best) its trainable weights."""
+
+    def __init__(self) -> None:
+        self.loss, self.step, self.weights = math.inf, None, {}
+
+    def offer(self, loop: Loop, val_loss: float | None) -> None:
+        if val_loss is None or not val_loss < self.loss:
+            return
+        self.loss, self.step = val_loss, loop.progress.step
+        if loop.cfg.keep_best:  # frozen weights never change: only the trained ones are copied
+            raw = loop.acc.unwrap_model(loop.model)
+            self.weights = {n: p.detach().clone() for n, p in raw.named_parameters()
+                            if p.requires_grad}  # fmt: skip
+
+    @torch.no_grad()
+    def restore(self, loop: Loop) -> None:
+        for name, p in loop.acc.unwrap_model(loop.model).named_parameters():
+            if name in self.weights:
+                p.copy_(self.weights[name])
+
+
 def train(
     cfg: TrainConfig, *, progress_bar: bool = True, stop_at: int | None = None
 ) -> TrainResult:
     """Run (or resume) training to `max_steps`, the time budget, or `stop_at` (as if interrupted)."""
     loop = Loop(cfg, progress_bar)
     p, stopped = loop.progress, "max_steps"
+    best = Best()
     while p.step < cfg.max_steps:
         if loop.timed_step():
             stopped = "time budget"
@@ -278,12 +301,19 @@ def train(
         if stopped != "max_steps" or p.step >= cfg.max_steps:
             break
         if p.step % cfg.eval_every == 0:
-            loop.log_eval()
+            best.offer(loop, loop.log_eval())
         if p.step % cfg.save_every == 0:
             loop.save(loop.metrics("running"))
     last = p.log[-1] if p.log else {}
     val_loss = last["val_loss"] if "val_loss" in last else loop.log_eval()
+    best.offer(loop, val_loss)
     metrics = loop.metrics(stopped)
+    if cfg.keep_best and best.step is not None and best.step != p.step:
+        best.restore(loop)
+        val_loss = best.loss
+        metrics.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
+    if best.step is not None:
+        metrics.update(best_step=best.step, best_val_loss=best.loss)
     loop.save(metrics)
     if loop.bar is not None:
         loop.bar.close()
@@ -302,7 +332,17 @@ SHARED_FLAGS = {  # flag -> type; each overrides the same key of --config / the 
 }  # fmt: skip
 PRETRAIN_FLAGS = {"arch": str, "tokenizer": str, "vocab_size": int, "n_layer": int,
                   "n_head": int, "n_embd": int}  # fmt: skip
-FINETUNE_FLAGS = {"init": str, "val": str, "freeze_all_but": int}
+
+
+def boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+FINETUNE_FLAGS = {"init": str, "val": str, "freeze_all_but": int, "keep_best": boolean}
 
 
 def build_parser() -> argparse.ArgumentParser:

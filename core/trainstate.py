@@ -68,6 +68,9 @@ class TrainConfig:
     resume: str | None = None
     max_minutes: float | None = None
     freeze_all_but: int | None = None  # train only the last N blocks + final norm + LM head
+    # the final checkpoint holds the weights of the lowest validation loss seen (evaluated every
+    # eval_every steps), not the last step's; periodic checkpoints keep the current weights
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("pretrain", "finetune"):

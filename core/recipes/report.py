@@ -50,7 +50,13 @@ def _acc(run: dict[str, Any] | None, task: str, key: str = "accuracy") -> float 
 
 def _steps(results: Path, model_dir: str) -> str:
     ft = _load(results, f"ft-{model_dir}")
-    return f"{ft['step']} steps, {ft['elapsed_s'] / 60:.1f} min wall" if ft else "—"
+    if ft is None:
+        return "—"
+    kept = ft.get("best_step") if ft.get("settings", {}).get("keep_best") else None
+    best = (
+        f" (weights of step {kept}, the lowest val loss)" if kept not in (None, ft["step"]) else ""
+    )
+    return f"{ft['step']} steps{best}, {ft['elapsed_s'] / 60:.1f} min wall"
 
 
 TASK_FT = {"demo": "demo-shakespeare-plays", "smollm2": "smollm2-plays-ft"}

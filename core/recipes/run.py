@@ -39,13 +39,15 @@ class Demo:
         "max_steps": 850, "eval_every": 100, "eval_steps": 8, "save_every": 200,
         "val_fraction": 0.05, "weight_decay": 0.1,
     })  # fmt: skip
+    # fine-tunes keep the weights of their lowest validation loss (evaluated every 50 steps)
     demo_finetune: dict[str, Any] = field(default_factory=lambda: {
-        "batch_size": 16, "lr": 5e-4, "warmup_steps": 20, "max_steps": 1200,
-        "eval_every": 100, "eval_steps": 10, "save_every": 5000,
+        "batch_size": 16, "lr": 3e-4, "warmup_steps": 20, "max_steps": 700,
+        "eval_every": 50, "eval_steps": 12, "save_every": 5000, "keep_best": True,
     })  # fmt: skip
     smol_finetune: dict[str, Any] = field(default_factory=lambda: {
-        "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 10, "max_steps": 240,
-        "eval_every": 1000, "eval_steps": 5, "save_every": 1000, "freeze_all_but": 4,
+        "block_size": 160, "batch_size": 8, "lr": 2e-4, "warmup_steps": 10, "max_steps": 450,
+        "eval_every": 50, "eval_steps": 6, "save_every": 5000, "freeze_all_but": 6,
+        "keep_best": True,
     })  # fmt: skip
     demo_instruct_steps: int = 1000  # 2 epochs of the 7,500-row instruction mix
     demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)

@@ -137,6 +137,36 @@ def test_freeze_all_but_trains_only_the_last_blocks_norm_and_head(corpus, tokeni
     assert needs_grad == [False, False, True] and model.wte.weight.grad is not None
 
 
+def test_keep_best_saves_the_weights_of_the_lowest_validation_loss(corpus, tokenizer_dir, tmp_path):
+    base = tiny(corpus, tokenizer_dir, tmp_path / "base", max_steps=2)
+    train.train(base, progress_bar=False)
+    # training replies with words of the first half only, validation with the second half: the
+    # validation loss falls while the model learns the reply format, then rises
+    half = len(WORDS) // 2
+    for name, words in (("t", WORDS[:half]), ("v", WORDS[half:])):
+        lines = [json.dumps({"prompt": f"{a} {b}", "completion": a}) + "\n"
+                 for a in words for b in WORDS]  # fmt: skip
+        (tmp_path / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+    runs = {}
+    for keep in (False, True):
+        ft = TrainConfig(mode="finetune", init=base.out, data=[str(tmp_path / "t.jsonl")],
+                         val=str(tmp_path / "v.jsonl"), out=str(tmp_path / f"ft-{keep}"),
+                         keep_best=keep, max_steps=40, eval_every=5, eval_steps=8, batch_size=8,
+                         lr=3e-2, warmup_steps=2, seed=0)  # fmt: skip
+        runs[keep] = (ft, train.train(ft, progress_bar=False))
+    vals = {r["step"]: r["val_loss"] for r in read_log(Path(runs[True][0].out)) if "val_loss" in r}
+    best_step = min(vals, key=vals.get)
+    assert best_step < 40, "the test needs a run whose validation loss rises after its best step"
+    plain, kept = (json.loads((Path(runs[k][0].out) / "metrics.json").read_text()) for k in runs)
+    assert plain["best_step"] == kept["best_step"] == best_step
+    assert kept["val_loss"] == pytest.approx(vals[best_step]) and plain["val_loss"] == vals[40]
+    assert kept["val_loss"] < plain["val_loss"]
+    # the saved weights are the best step's: evaluated afresh, they give its validation loss
+    for keep, want in ((True, vals[best_step]), (False, vals[40])):
+        again = dataclasses.replace(runs[keep][0], init=runs[keep][0].out, out=str(tmp_path / "e"))
+        assert train.Loop(again, progress_bar=False).evaluate() == pytest.approx(want, rel=1e-5)
+
+
 def test_shards_of_n_processes_make_the_one_process_batch_and_cover_each_epoch():
     one = train.Batches(n=10, per_rank=4, world=1, rank=0, seed=3)
     two = [train.Batches(n=10, per_rank=2, world=2, rank=r, seed=3) for r in range(2)]
