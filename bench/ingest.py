@@ -1,8 +1,8 @@
 """Ingestion and query benchmark for `ingest`; prints tables of ratios against baselines in this run.
 
 1. End-to-end ingest of a 200-page text PDF (child-process parse, chunk, embed, Chroma write) vs the
-   bare fp32 `SentenceTransformer.encode` of the same chunks, with the default ("auto") embedder
-   and with an fp32 one.
+   bare fp32 `SentenceTransformer.encode` of the same chunks, with the default ("auto") embedder,
+   an fp32 one and (where auto runs int8 on ONNX Runtime) torch's int8.
 2. Query latency p50/p95 and recall@5 against exact search, at 10k and 100k chunks of real
    embeddings (KJV verses and Shakespeare lines, cached under data/bench/), for Chroma's default HNSW
    settings and ours (`ingest.store.HNSW`).
@@ -73,6 +73,8 @@ def bench_ingest(n_pages: int, repeats: int) -> None:
     data = pdf_of_pages(n_pages)
     # "auto": bf16 autocast with native bf16, int8 on other AVX2 CPUs; fp32 for comparison
     embedders = {"auto": Embedder(), "fp32": Embedder(precision="fp32")}
+    if embedders["auto"].backend == "onnxruntime":  # and torch's int8, for comparison
+        embedders["int8"] = Embedder(precision="int8", int8_backend="torch")
     chunks = [c.text for c in chunk_document(load_document(data, name="bench.pdf"))]
     bare = SentenceTransformer(embedders["auto"].model_path, device="cpu")
     bare.encode(chunks[:8])
@@ -96,7 +98,9 @@ def bench_ingest(n_pages: int, repeats: int) -> None:
     for label, seconds in best.items():
         name = "bare fp32 encode (baseline)" if label == "bare" else f"ingest end-to-end, {label}"
         if label != "bare":
-            name += f" = {embedders[label].precision}"
+            embedder = embedders[label]
+            name += f" = {embedder.precision}"
+            name += f" ({embedder.backend})" if embedder.precision == "int8" else ""
         print(f"| {name} | {seconds:.1f} | {n_pages / seconds:.2f} | "
               f"{result.n_chunks / seconds:.2f} | {best['bare'] / seconds:.2f} |")  # fmt: skip
 

@@ -23,9 +23,9 @@ from ingest import Embedder, Store, retrieve
 from tests.ingest.qa_set import corpus, score
 
 
-def run(precision: str, mmr: bool) -> tuple[dict, float]:
+def run(precision: str, mmr: bool, backend: str = "auto") -> tuple[dict, float]:
     documents, questions = corpus()
-    embedder = Embedder(precision=precision)
+    embedder = Embedder(precision=precision, int8_backend=backend)
     with tempfile.TemporaryDirectory() as tmp, Store("qa", path=tmp, embedder=embedder) as store:
         start = time.perf_counter()
         for document in documents:
@@ -36,6 +36,8 @@ def run(precision: str, mmr: bool) -> tuple[dict, float]:
         ]
     result = score(ranked, questions, k=5)
     result["precision"] = embedder.precision
+    if embedder.precision == "int8":
+        result["precision"] += f" ({embedder.backend})"
     return result, seconds
 
 
@@ -43,8 +45,10 @@ def main() -> None:
     print("| embedder | MMR | questions | hit@5 | MRR@5 | index s | hit@5 vs fp32 | MRR vs fp32 |")
     print("|---|---|---|---|---|---|---|---|")
     base = None
-    for precision, mmr in [("fp32", False), ("auto", False), ("fp32", True)]:
-        result, seconds = run(precision, mmr)
+    runs = [("fp32", False, "auto"), ("auto", False, "auto"), ("int8", False, "torch"),
+            ("fp32", True, "auto")]  # fmt: skip
+    for precision, mmr, backend in runs:
+        result, seconds = run(precision, mmr, backend)
         base = base if base is not None else result
         print(
             f"| {result['precision']} | {'yes' if mmr else 'no'} | {result['questions']} | "

@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,17 +289,21 @@ class Store:
         self._journal.upsert(ids=[jid], embeddings=[[0.0]], metadatas=[meta])
         step = max(1, min(self.max_batch, self.write_batch))
         try:
-            for first in range(0, len(chunks), step):
-                batch = chunks[first : first + step]
-                vectors = self.embedder.encode([c.text for c in batch])
-                self.collection.add(
-                    ids=[c.id for c in batch],
-                    embeddings=vectors,
-                    documents=[c.text for c in batch],
-                    metadatas=[c.metadata() for c in batch],
-                )
-                if progress is not None:
-                    progress(first + len(batch), len(chunks))
+            # a batch is written on a writer thread while the next one is embedded
+            with ThreadPoolExecutor(1, thread_name_prefix="chroma-write") as writer:
+                pending, written = None, 0
+                for first in range(0, len(chunks), step):
+                    batch = chunks[first : first + step]
+                    vectors = self.embedder.encode([c.text for c in batch])
+                    if pending is not None:
+                        written = pending.result()
+                        if progress is not None:
+                            progress(written, len(chunks))
+                    pending = writer.submit(self._add_batch, batch, vectors, first + len(batch))
+                if pending is not None:
+                    written = pending.result()
+                    if progress is not None:
+                        progress(written, len(chunks))
         except BaseException as exc:
             try:
                 self.collection.delete(where={"doc_hash": doc_hash})
@@ -312,6 +317,15 @@ class Store:
                 ) from exc
             raise
         self._journal.delete(ids=[jid])
+
+    def _add_batch(self, batch: list[Chunk], vectors: np.ndarray, written: int) -> int:
+        self.collection.add(
+            ids=[c.id for c in batch],
+            embeddings=vectors,
+            documents=[c.text for c in batch],
+            metadatas=[c.metadata() for c in batch],
+        )
+        return written
 
     def _all_metadatas(self, where: dict[str, Any] | None = None) -> list[tuple[str, dict]]:
         out, offset = [], 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from ingest import Embedder
+from ingest import Embedder, onnx_int8
 from ingest.embeddings import cpu_has_fbgemm, cpu_has_native_bf16
 
 TEXTS = [
@@ -33,36 +35,61 @@ def test_encode_equals_sentence_transformers_in_order(embedder):
     assert embedder.encode([]).shape == (0, embedder.dimension)
 
 
-def _fbgemm_required() -> None:
-    if not cpu_has_fbgemm():
-        pytest.skip("int8 needs an x86-64 CPU with AVX2 (torch's fbgemm)")
+def _int8_required(backend: str) -> None:
+    if backend == "torch" and not cpu_has_fbgemm():
+        pytest.skip("torch's int8 needs an x86-64 CPU with AVX2 (fbgemm)")
+    if backend == "onnxruntime" and not onnx_int8.available():
+        assert not os.environ.get("CI"), "requirements.txt installs onnx and onnxruntime"
+        pytest.skip("pip install onnx onnxruntime (requirements.txt)")
 
 
 def test_auto_precision_is_int8_on_avx2_cpus_without_native_bf16():
-    _fbgemm_required()
+    _int8_required("torch")
     if cpu_has_native_bf16():
         pytest.skip("this CPU has native bf16: auto picks bf16 autocast")
     embedder = Embedder()
     assert embedder.precision == "int8" and embedder.batch_size == 1
+    assert embedder.backend == ("onnxruntime" if onnx_int8.available() else "torch")
     assert Embedder(precision="int8", batch_size=8).batch_size == 8  # an explicit size is kept
     assert Embedder(precision="fp32").batch_size == 32
 
 
-def test_int8_vector_of_a_text_does_not_depend_on_its_batch_mates():
-    _fbgemm_required()
-    int8 = Embedder(precision="int8")
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_int8_vector_of_a_text_does_not_depend_on_its_batch_mates(backend):
+    _int8_required(backend)
+    int8 = Embedder(precision="int8", int8_backend=backend)
+    assert int8.backend == backend
     alone = np.stack([int8.encode([t])[0] for t in TEXTS])
     np.testing.assert_array_equal(int8.encode(TEXTS), alone)
 
 
-def test_int8_vectors_stay_close_to_fp32(embedder):
-    _fbgemm_required()
-    int8 = Embedder(precision="int8")
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_int8_vectors_stay_close_to_fp32(embedder, backend):
+    _int8_required(backend)
+    int8 = Embedder(precision="int8", int8_backend=backend)
     cosine = (int8.encode(TEXTS) * embedder.encode(TEXTS)).sum(axis=1)
     # int8 moves short texts most ("x": ~0.91); retrieval: tests/ingest/test_retrieval_quality.py
     assert cosine.min() > 0.85 and cosine.mean() > 0.95, cosine
 
 
+def test_onnx_export_is_cached_once_and_rebuilt_when_missing(tmp_path, monkeypatch):
+    _int8_required("onnxruntime")
+    monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path))
+    first = Embedder(precision="int8", int8_backend="onnxruntime")
+    (cached,) = (tmp_path / "embeddings").glob("*.onnx")
+    stamp = cached.stat().st_mtime_ns
+    vectors = first.encode(TEXTS)
+    again = Embedder(precision="int8", int8_backend="onnxruntime")  # reuses the file
+    assert cached.stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.encode(TEXTS), vectors)
+    cached.unlink()
+    rebuilt = Embedder(precision="int8", int8_backend="onnxruntime")
+    np.testing.assert_array_equal(rebuilt.encode(TEXTS), vectors)
+    assert [p.name for p in (tmp_path / "embeddings").iterdir()] == [cached.name]  # no temp left
+
+
 def test_bad_precision_is_refused():
     with pytest.raises(ValueError, match="auto, fp32, bf16 or int8"):
         Embedder(precision="fp8")
+    with pytest.raises(ValueError, match="auto, onnxruntime or torch"):
+        Embedder(precision="int8", int8_backend="tflite")

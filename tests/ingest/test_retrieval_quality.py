@@ -3,9 +3,11 @@ and int8 embeddings (the default on AVX2 CPUs) within one point of fp32."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from ingest import Embedder, Store, retrieve
+from ingest import Embedder, Store, onnx_int8, retrieve
 from ingest.embeddings import cpu_has_fbgemm
 from tests.ingest.qa_set import corpus, score
 
@@ -37,11 +39,15 @@ def test_hit_at_5_and_mrr_on_the_pypi_corpora(fp32_result, capsys, record_proper
     assert result["mrr"] >= 0.7
 
 
-def test_int8_embeddings_keep_retrieval_within_one_point(fp32_result, tmp_path, capsys):
-    if not cpu_has_fbgemm():
-        pytest.skip("int8 needs an x86-64 CPU with AVX2 (torch's fbgemm)")
-    int8 = qa_result(Embedder(precision="int8"), tmp_path / "qa-int8")
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_int8_embeddings_keep_retrieval_within_one_point(fp32_result, tmp_path, capsys, backend):
+    if backend == "torch" and not cpu_has_fbgemm():
+        pytest.skip("torch's int8 needs an x86-64 CPU with AVX2 (fbgemm)")
+    if backend == "onnxruntime" and not onnx_int8.available():
+        assert not os.environ.get("CI"), "requirements.txt installs onnx and onnxruntime"
+        pytest.skip("pip install onnx onnxruntime (requirements.txt)")
+    int8 = qa_result(Embedder(precision="int8", int8_backend=backend), tmp_path / "qa-int8")
     with capsys.disabled():
-        print(f"\nretrieval int8: hit@5 {int8['hit@5']:.3f}, MRR@5 {int8['mrr']:.3f}")
+        print(f"\nretrieval int8 ({backend}): hit@5 {int8['hit@5']:.3f}, MRR@5 {int8['mrr']:.3f}")
     assert int8["hit@5"] >= fp32_result["hit@5"] - 0.01
     assert int8["mrr"] >= fp32_result["mrr"] - 0.01
