@@ -80,6 +80,11 @@ def task_table(results: Path, chance: float | None) -> list[str]:
             f"| {model} | {n} | {_pct(acc[0])} | {_pct(acc[1])} | {_pct(chance)} | {ratio} "
             f"| {_pct(gen[0])} | {_pct(gen[1])} | {_steps(results, TASK_FT[model])} |"
         )
+    ngram = _load(results, "plays-ngram-baseline")
+    if ngram:
+        lines += ["", f"For reference, naive Bayes on the same training rows scores "
+                  f"{_pct(ngram['words'])} over word counts and {_pct(ngram['char 2-5-grams'])} "
+                  f"over character 2-5-grams on the same {ngram['n']} held-out rows."]  # fmt: skip
     return lines
 
 

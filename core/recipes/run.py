@@ -30,13 +30,13 @@ class Demo:
     data: str = "data/recipes"
     models: str = "models"
     seed: int = 0
-    # ~2 epochs of the 1.7M-token corpus: 850 steps at ~2,400 tokens/s on 2 cores (~24 min);
+    # ~2 epochs of the 1.7M-token corpus: 800 steps at ~2,400 tokens/s on 2 cores (~23 min);
     # the time cap stops it sooner on a slower machine
     pretrain_minutes: float = 28.0
     pretrain: dict[str, Any] = field(default_factory=lambda: {
         "arch": "classic", "vocab_size": 2048, "n_layer": 6, "n_head": 8, "n_embd": 256,
         "block_size": 256, "batch_size": 16, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup_steps": 40,
-        "max_steps": 850, "eval_every": 100, "eval_steps": 8, "save_every": 200,
+        "max_steps": 800, "eval_every": 100, "eval_steps": 8, "save_every": 200,
         "val_fraction": 0.05, "weight_decay": 0.1,
     })  # fmt: skip
     # fine-tunes keep the weights of their lowest validation loss (evaluated every 50 steps)
@@ -45,14 +45,15 @@ class Demo:
         "eval_every": 50, "eval_steps": 12, "save_every": 5000, "keep_best": True,
     })  # fmt: skip
     smol_finetune: dict[str, Any] = field(default_factory=lambda: {
-        "block_size": 160, "batch_size": 8, "lr": 2e-4, "warmup_steps": 10, "max_steps": 450,
+        "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 10, "max_steps": 400,
         "eval_every": 50, "eval_steps": 6, "save_every": 5000, "freeze_all_but": 6,
         "keep_best": True,
     })  # fmt: skip
-    demo_instruct_steps: int = 1000  # 2 epochs of the 7,500-row instruction mix
+    smol_instruct_steps: int = 300  # SmolLM2 steps take ~3 s on one thread
+    demo_instruct_steps: int = 800  # 1.7 epochs of the 7,500-row instruction mix
     demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)
-    # SmolLM2 answers at ~5 s a row on a busy 2-core CPU: rows per task for plays / instruct.
-    smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 125, "instruct": 25})
+    # SmolLM2 answers at ~1 s a row on one thread: rows per task for plays / instruct.
+    smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 250, "instruct": 40})
     # Greedy answers to SmolLM2's label rows (generation accuracy beside rank accuracy) cost most
     # of its evaluation time; off, its label tasks are scored by rank classification only.
     smol_label_generation: bool = False
@@ -175,6 +176,8 @@ def finetune(demo: Demo, init: str | Path, split: str, out: str, settings: dict)
 
 def step_task(demo: Demo, models: tuple[str, ...] = ("demo", "smollm2")) -> None:
     """'Which play?' fine-tuning of the demo model and of SmolLM2, evaluated before and after."""
+    plays = [need(demo.path("plays", f"{s}.jsonl"), "prepare") for s in ("train", "test")]
+    save_result(demo, "plays-ngram-baseline", evaluate.ngram_baseline(*plays))
     if "demo" in models:
         pretrained = need(demo.model(PRETRAINED), "pretrain")
         run_eval(demo, pretrained, "plays", "plays-demo-before")
@@ -196,7 +199,8 @@ def step_instruct(demo: Demo, models: tuple[str, ...] = ("demo", "smollm2")) -> 
         run_eval(demo, demo.model(INSTRUCT_FT), "instruct", "instruct-demo-after")
     if "smollm2" in models:
         run_eval(demo, "default", "instruct", "instruct-smollm2-before")
-        finetune(demo, "default", "instruct", SMOL_INSTRUCT_FT, demo.smol_finetune)
+        settings = {**demo.smol_finetune, "max_steps": demo.smol_instruct_steps}
+        finetune(demo, "default", "instruct", SMOL_INSTRUCT_FT, settings)
         run_eval(demo, demo.model(SMOL_INSTRUCT_FT), "instruct", "instruct-smollm2-after")
 
 

@@ -158,6 +158,21 @@ def test_exact_scorer_ignores_case_punctuation_and_trailing_words():
 
 
 # --------------------------------------------------------------------------- baseline
+def test_ngram_baseline_learns_words_that_give_the_label_away(tmp_path):
+    def rows(texts: list[tuple[str, str]]) -> str:
+        return "".join(json.dumps({"prompt": f"Which?\n\nPassage: {t}", "completion": label}) + "\n"
+                       for t, label in texts)  # fmt: skip
+
+    train = [(f"the crown and the {w} of the king", "A") for w in ("sword", "throne", "court")]
+    train += [(f"the sea and the {w} of the ship", "B") for w in ("wave", "sail", "storm")]
+    (tmp_path / "train.jsonl").write_text(rows(train), encoding="utf-8")
+    test = [("a king with a crown", "A"), ("a ship at sea", "B"), ("storm and wave", "B")]
+    (tmp_path / "test.jsonl").write_text(rows(test), encoding="utf-8")
+    result = evaluate.ngram_baseline(tmp_path / "train.jsonl", tmp_path / "test.jsonl")
+    assert result["n"] == 3
+    assert result["words"] == 1.0 and result["char 2-5-grams"] == 1.0
+
+
 def test_unigram_perplexity_matches_hand_calculation():
     # counts 0:2, 1:1, 2:0 with add-one over V=3: p(0) = 3/6, p(2) = 1/6 -> ppl = sqrt(2 * 6)
     assert evaluate.unigram_perplexity([0, 0, 1], [0, 2], 3) == pytest.approx(math.sqrt(12))
