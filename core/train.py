@@ -264,35 +264,13 @@ class Loop:
         self.acc.wait_for_everyone()
 
 
-class Best:
-    """The lowest validation loss so far, its step and (with keep_best) its trainable weights."""
-
-    def __init__(self) -> None:
-        self.loss, self.step, self.weights = math.inf, None, {}
-
-    def offer(self, loop: Loop, val_loss: float | None) -> None:
-        if val_loss is None or not val_loss < self.loss:
-            return
-        self.loss, self.step = val_loss, loop.progress.step
-        if loop.cfg.keep_best:  # frozen weights never change: only the trained ones are copied
-            raw = loop.acc.unwrap_model(loop.model)
-            self.weights = {n: p.detach().clone() for n, p in raw.named_parameters()
-                            if p.requires_grad}  # fmt: skip
-
-    @torch.no_grad()
-    def restore(self, loop: Loop) -> None:
-        for name, p in loop.acc.unwrap_model(loop.model).named_parameters():
-            if name in self.weights:
-                p.copy_(self.weights[name])
-
-
 def train(
     cfg: TrainConfig, *, progress_bar: bool = True, stop_at: int | None = None
 ) -> TrainResult:
     """Run (or resume) training to `max_steps`, the time budget, or `stop_at` (as if interrupted)."""
     loop = Loop(cfg, progress_bar)
     p, stopped = loop.progress, "max_steps"
-    best = Best()
+    best = trainstate.Best()
     while p.step < cfg.max_steps:
         if loop.timed_step():
             stopped = "time budget"

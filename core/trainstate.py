@@ -97,6 +97,28 @@ class TrainConfig:
         return cls(**data)
 
 
+class Best:
+    """The lowest validation loss so far, its step and (with keep_best) its trainable weights."""
+
+    def __init__(self) -> None:
+        self.loss, self.step, self.weights = math.inf, None, {}
+
+    def offer(self, loop: Any, val_loss: float | None) -> None:
+        if val_loss is None or not val_loss < self.loss:
+            return
+        self.loss, self.step = val_loss, loop.progress.step
+        if loop.cfg.keep_best:  # frozen weights never change: only the trained ones are copied
+            raw = loop.acc.unwrap_model(loop.model)
+            self.weights = {n: p.detach().clone() for n, p in raw.named_parameters()
+                            if p.requires_grad}  # fmt: skip
+
+    @torch.no_grad()
+    def restore(self, loop: Any) -> None:
+        for name, p in loop.acc.unwrap_model(loop.model).named_parameters():
+            if name in self.weights:
+                p.copy_(self.weights[name])
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to `lr` over `warmup_steps`, then cosine decay to `min_lr` at `max_steps`."""
     min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
