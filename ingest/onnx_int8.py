@@ -4,7 +4,7 @@
 The BERT encoder inside the SentenceTransformer is exported once to ONNX (fp32, dynamic batch
 and sequence axes), then quantised by `onnxruntime.quantization.quantize_dynamic`: int8 weights
 per output channel, activations quantised per call at run time. The result is cached under
-~/.cache/scratchgpt/embeddings (SCRATCHGPT_CACHE moves it), named by a hash of the model's files
+~/.cache/scratchgpt/embeddings (SCRATCHGPT_CACHE moves it), named by a hash of the model files' names, sizes and times
 and the exporter versions, and written atomically, so concurrent first uses are safe.
 Tokenisation, pooling and normalisation stay the SentenceTransformer's own modules.
 
@@ -45,10 +45,11 @@ def _key(model_path: str) -> str:
     digest = hashlib.sha256(
         f"{EXPORT_FORMAT}:{torch.__version__}:{onnxruntime.__version__}".encode()
     )
-    for path in sorted(Path(model_path).rglob("*")):
+    for path in sorted(Path(model_path).rglob("*")):  # names, sizes, times: no 90 MB re-read
         if path.is_file() and path.suffix in (".json", ".safetensors", ".txt", ".bin"):
-            digest.update(path.relative_to(model_path).as_posix().encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            stat = path.stat()
+            name = path.relative_to(model_path).as_posix()
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:20]
 
 
