@@ -158,8 +158,9 @@ def continuation_logprobs(model: Any, prompt: Sequence[int], replies: Sequence[S
     return (logp * valid).sum(-1).tolist()
 
 
-def rank_rows(llm: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Rank-classification accuracy per task over the rows with labels, and each row's pick.
+def classify_rows(llm: Any, rows: Sequence[dict[str, Any]], scores_of: Any) -> dict[str, Any]:
+    """Accuracy per task over the rows with labels when each row's answer is the label with the
+    highest of `scores_of(row)` (one score per label), and each row's pick (None without labels).
     A prompt that leaves no room for a label in the model's context is a counted miss."""
     from core.model import ContextLengthError
 
@@ -175,9 +176,8 @@ def rank_rows(llm: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if not row.get("labels"):
                 picks.append(None)
                 continue
-            prompt, replies = label_continuations(llm.tokenizer, row)
             try:
-                scores = continuation_logprobs(model, prompt, replies)
+                scores = scores_of(row)
                 pick = row["labels"][max(range(len(scores)), key=scores.__getitem__)]
             except ContextLengthError:
                 pick, too_long = None, too_long + 1
@@ -192,11 +192,54 @@ def rank_rows(llm: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
+def rank_rows(llm: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Rank classification: each label scored by log p(label reply | the row's prompt)."""
+    return classify_rows(llm, rows, lambda row: continuation_logprobs(
+        llm.model, *label_continuations(llm.tokenizer, row)))  # fmt: skip
+
+
+def channel_logprobs(model: Any, tokenizer: Any, prompts_: Sequence[str], reply: str) -> list[float]:  # fmt: skip
+    """Summed log p(reply | prompt) for each prompt, as fine-tuning encodes a chat whose user
+    message is the prompt and whose assistant reply is `reply` (its end-of-turn token included):
+    all prompts as one right-padded batch (causal, so the padding cannot change a score)."""
+    import torch
+
+    from core import data
+
+    chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": reply}]
+             for p in prompts_]  # fmt: skip
+    encoded = [data.encode_chat(tokenizer, chat, "channel") for chat in chats]
+    longest = max(len(ids) for ids, _ in encoded)
+    batch = torch.zeros(len(encoded), longest, dtype=torch.long)  # (n, L)
+    targets = torch.full((len(encoded), longest), data.IGNORE, dtype=torch.long)  # (n, L)
+    for i, (ids, labels) in enumerate(encoded):
+        batch[i, : len(ids)] = torch.tensor(ids)
+        targets[i, : len(ids)] = torch.tensor(labels)
+    with torch.no_grad():
+        logits = model(batch[:, :-1]).float()  # (n, L - 1, V): position t predicts token t + 1
+    gold = targets[:, 1:]  # (n, L - 1)
+    scored = gold != data.IGNORE
+    logp = logits.log_softmax(-1).gather(-1, gold.clamp(min=0)[..., None]).squeeze(-1)
+    return (logp * scored).sum(-1).tolist()
+
+
+def channel_rows(llm: Any, rows: Sequence[dict[str, Any]], template: str) -> dict[str, Any]:
+    """Noisy-channel classification (Min et al., 2022): each label scored by the log-probability
+    of the row's passage given `template.format(label=...)`, the argmax is the answer (Bayes'
+    rule under a uniform prior: the test sets are balanced). Rows need "passage" and "labels"."""
+    return classify_rows(llm, rows, lambda row: channel_logprobs(
+        llm.model, llm.tokenizer, [template.format(label=label) for label in row["labels"]],
+        row["passage"]))  # fmt: skip
+
+
 def evaluate(source: str | Path, test_file: str | Path, max_new_tokens: int = 12,
-             limit: int | None = None, label_generation: bool = True) -> dict:  # fmt: skip
+             limit: int | None = None, label_generation: bool = True,
+             channel: str | None = None) -> dict:  # fmt: skip
     """Load `source` with `core.engine.LLM.load`; score it on (up to `limit` per task) test rows:
     label tasks by rank classification (generation accuracy alongside unless `label_generation`
-    is False, which saves most of the time for a large model), the others by exact match."""
+    is False, which saves most of the time for a large model), the others by exact match.
+    With a `channel` template, rows carrying a "passage" are also classified by `channel_rows`,
+    and that is their task's `accuracy` (scoring "channel"; rank accuracy stays alongside)."""
     from core.engine import LLM
 
     rows = first_per_task(read_rows(test_file), limit)
@@ -215,12 +258,23 @@ def evaluate(source: str | Path, test_file: str | Path, max_new_tokens: int = 12
         answers.append(answer)
     n = dict(Counter(row.get("task", "task") for row in rows))
     scoring = {t: "rank" if t in ranked["accuracy"] else "exact" for t in n}
-    return {"model": str(source), "test_file": str(test_file), "n": n, "answers": answers,
-            "accuracy": {**generated["accuracy"], **ranked["accuracy"]}, "scoring": scoring,
-            "generation_accuracy": generated["accuracy"], "rank_accuracy": ranked["accuracy"],
-            "too_long": generated["too_long"], "rank_too_long": ranked["too_long"],
-            "generation_seconds": generated["seconds"],
-            "seconds": round(generated["seconds"] + ranked["seconds"], 1)}  # fmt: skip
+    accuracy = {**generated["accuracy"], **ranked["accuracy"]}
+    result = {"model": str(source), "test_file": str(test_file), "n": n, "answers": answers,
+              "generation_accuracy": generated["accuracy"], "rank_accuracy": ranked["accuracy"],
+              "too_long": generated["too_long"], "rank_too_long": ranked["too_long"],
+              "generation_seconds": generated["seconds"],
+              "seconds": round(generated["seconds"] + ranked["seconds"], 1)}  # fmt: skip
+    at = [i for i, row in enumerate(rows) if channel and row.get("passage") and row.get("labels")]
+    if at:
+        chosen = channel_rows(llm, [rows[i] for i in at], channel)
+        for i, pick in zip(at, chosen["picks"], strict=True):
+            gold = rows[i].get("completion", rows[i].get("output"))
+            answers[i].update(channel_pick=pick, channel_ok=pick == gold)
+        accuracy.update(chosen["accuracy"])
+        scoring.update(dict.fromkeys(chosen["accuracy"], "channel"))
+        result.update(channel_accuracy=chosen["accuracy"], channel_too_long=chosen["too_long"],
+                      seconds=round(result["seconds"] + chosen["seconds"], 1))  # fmt: skip
+    return {**result, "accuracy": accuracy, "scoring": scoring}
 
 
 # --------------------------------------------------------------------------- unigram baseline
@@ -306,7 +360,7 @@ def ngram_baseline(train_file: str | Path, test_file: str | Path) -> dict[str, A
     from sklearn.naive_bayes import MultinomialNB
 
     def passages(path: str | Path) -> tuple[list[str], list[str]]:
-        rows = read_rows(path)
+        rows = [r for r in read_rows(path) if "\n\nPassage: " in r["prompt"]]  # the question rows
         return [r["prompt"].rsplit("Passage: ", 1)[-1] for r in rows], [
             r["completion"] for r in rows
         ]

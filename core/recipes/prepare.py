@@ -2,7 +2,9 @@
 
 Layout under `root` (default `data/recipes/`):
   pretrain/<play>.txt                   every play, held-out scenes of the task plays removed
-  plays/{train,val,test}.jsonl          {"prompt", "completion"}  (test rows add "task", "labels")
+  plays/{train,val,test}.jsonl          {"prompt", "completion"}, each passage both ways (which
+                                        play? / a passage from a play); test rows are the question
+                                        only, adding "task", "labels" and "passage"
   instruct/{train,val,test}.jsonl       {"instruction", "input", "output"}  (test rows add them too)
   manifest.json                         seed, sizes, labels and chance per task
 
@@ -12,7 +14,6 @@ Sampling is seeded per task and split, so the same seed always writes the same b
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -28,9 +29,11 @@ from core.recipes.tasks import Example
 class Sizes:
     """How many examples to keep: per label for plays, per task for the instruction mix."""
 
-    # Macbeth's training scenes give 787 windows: 740 per label + 5% validation. Merchant of
-    # Venice's held-out scenes give 51 passages, so the balanced test set has 250 rows.
-    plays_train_per_label: int = 740
+    # Macbeth's training scenes give 721 windows. Merchant of Venice's held-out scenes give 51
+    # passages, so the balanced test set has 250 rows. Validation windows come from their own
+    # scenes (Julius Caesar's give 14).
+    plays_train_per_label: int = 720
+    plays_val_per_label: int = 40
     plays_test_per_label: int = 50
     instruct_train_per_task: int = 1500
     instruct_test_per_task: int = 60
@@ -68,6 +71,12 @@ def task_row(example: Example) -> dict[str, Any]:
     return {"prompt": example.instruction, "completion": example.output}
 
 
+def play_rows(example: Example) -> list[dict[str, Any]]:
+    """A plays example trained both ways: the passage -> its play, and the play -> the passage."""
+    channel = tasks.PLAY_CHANNEL_PROMPT.format(label=example.output)
+    return [task_row(example), {"prompt": channel, "completion": example.input}]
+
+
 def test_row(example: Example, row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "task": example.task, "labels": list(example.labels)}
 
@@ -82,16 +91,16 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 def write_plays(root: Path, seed: int, sizes: Sizes) -> dict[str, Any]:
     split = tasks.play_examples(seed)
     n_labels = len(tasks.TASK_PLAYS)
-    per_label = sizes.plays_train_per_label
-    pool_per_label = per_label + math.ceil(per_label * sizes.val_fraction)
-    pool = balanced(split["train"], pool_per_label, "plays:pool", seed)
-    n_train = sizes.plays_train_per_label * n_labels
-    train, val = train_val(pool, n_train, sizes.val_fraction, "plays:train", seed)
+    train = balanced(split["train"], sizes.plays_train_per_label, "plays:train", seed)
+    val = balanced(split["val"], sizes.plays_val_per_label, "plays:val", seed)
     test = balanced(split["test"], sizes.plays_test_per_label, "plays:test", seed)
     counts = {
-        "train": write_jsonl(root / "plays/train.jsonl", map(task_row, train)),
-        "val": write_jsonl(root / "plays/val.jsonl", map(task_row, val)),
-        "test": write_jsonl(root / "plays/test.jsonl", (test_row(e, task_row(e)) for e in test)),
+        "train": write_jsonl(root / "plays/train.jsonl", (r for e in train for r in play_rows(e))),
+        "val": write_jsonl(root / "plays/val.jsonl", (r for e in val for r in play_rows(e))),
+        "test": write_jsonl(
+            root / "plays/test.jsonl",
+            ({**test_row(e, task_row(e)), "passage": e.input} for e in test),
+        ),
     }
     per_label_counts = {name: dict(Counter(e.output for e in rows)) for name, rows in
                         (("train", train), ("test", test))}  # fmt: skip

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.recipes import evaluate, prepare, report
+from core.recipes import evaluate, prepare, report, tasks
 
 SAMPLE_PROMPT = "ROMEO.\n"
 
@@ -128,10 +128,11 @@ def run_eval(demo: Demo, source: str | Path, split: str, name: str) -> dict[str,
     test = need(demo.path(split, "test.jsonl"), "prepare")
     limit = demo.demo_test_limit if "demo" in name else demo.smol_test_limits[split]
     generate = "demo" in name or demo.smol_label_generation
-    result = evaluate.evaluate(source, test, demo.max_new_tokens, limit, generate)
+    channel = tasks.PLAY_CHANNEL_PROMPT if split == "plays" else None
+    result = evaluate.evaluate(source, test, demo.max_new_tokens, limit, generate, channel)
     save_result(demo, name, result)
-    print(f"{name}: {result['accuracy']} (generation: {result['generation_accuracy']}; "
-          f"{result['seconds']} s)", flush=True)  # fmt: skip
+    print(f"{name}: {result['accuracy']} (rank: {result['rank_accuracy']}; generation: "
+          f"{result['generation_accuracy']}; {result['seconds']} s)", flush=True)  # fmt: skip
     return result
 
 

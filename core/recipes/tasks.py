@@ -9,15 +9,22 @@ Held-out material is chosen by unit, never by example, so near-duplicates cannot
 Tasks (every answer is short, so greedy decoding can be scored):
   plays        (task fine-tuning)  "Which play is this passage from?"  5 labels, chance 1/5.
   bible_book   (instruction)       "Which book of the Bible is this verse from?"  5 labels.
-  speaker      (instruction)       "Who speaks these lines in <play>?"  4 named options.
-  next_words   (instruction)       the last word of a held-out Shakespeare line (exact match).
-  verse_next   (instruction)       the last word of a held-out KJV verse (exact match).
+  speaker      (instruction)       "Who answers?": the speech before (with its speaker) and the first
+                                   lines of the reply; 4 named options (the play's main speakers).
+  next_words   (instruction)       which of 4 words ends a held-out Shakespeare line (cloze).
+  verse_next   (instruction)       which of 4 words ends a held-out KJV verse (cloze).
+
+The cloze options are the gold word and 3 other final words of the same task and split, drawn
+per example (seeded) and listed in a seeded order, so neither position nor punctuation gives the
+answer away. (Open last-word exact match was tried first: 0-2.5% before and after fine-tuning for
+both models, a measure of nothing.)
   chat_reply   (instruction)       reply to a chit-chat message (trained, not scored).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,28 +37,37 @@ BIBLE_BOOKS = ("Genesis", "Psalms", "Proverbs", "Matthew", "Revelation")
 HELD_OUT_FRACTION = 0.15
 # a quarter of each task play's scenes: the Merchant of Venice then gives 51 held-out passages
 PLAY_HELD_OUT_FRACTION = 0.25
+# a tenth of the remaining scenes is the fine-tuning validation split: overlapping training
+# windows from the same scenes would make validation loss track memorisation, not held-out skill
+PLAY_VAL_FRACTION = 0.1
 PLAY_PROMPT = "Which play is this passage from? Answer with one of: {options}.\n\nPassage: {line}"
+# The other direction, trained beside it: a passage given its play. A model that has learned
+# p(passage | play) classifies by Bayes' rule over the balanced labels ("noisy channel"
+# classification, Min et al. 2022), and every passage token is a training signal, not only the
+# answer's few.
+PLAY_CHANNEL_PROMPT = "Write a passage from {label}."
 # Up to 6 lines of one speech, 120-200 characters: with the ~70-token prompt that fits the demo
 # model's 256-token context. Shorter passages carry too little to tell the plays apart (a
-# character n-gram naive Bayes scores 54% on 80-130 characters, 64% on these). Training passages
-# start at every line (overlapping windows); held-out passages tile their speeches, so no
-# held-out line is scored twice.
+# character n-gram naive Bayes scores 54% on 80-130 characters, 61% on these). Training and
+# validation passages start at every line (overlapping windows); held-out passages tile their
+# speeches, so no held-out line is scored twice.
 PLAY_PASSAGE = {"min_chars": 120, "max_chars": 200, "max_lines": 6}
 PLAY_TRAIN_STRIDE = 1
 INSTRUCTIONS = {
     "bible_book": "Which book of the Bible is this verse from? Answer with one of: {options}.",
-    "speaker": "Who speaks these lines in {title}? Answer with one of: {options}.",
-    "next_words": "Complete this line from Shakespeare with its last word.",
-    "verse_next": "Complete this verse from the King James Bible with its last word.",
+    "speaker": "In {title}, who speaks the reply marked '?'? Answer with one of: {options}.",
+    "next_words": "Which word ends this line from Shakespeare? Answer with one of: {options}.",
+    "verse_next": "Which word ends this verse from the King James Bible? Answer with one of: {options}.",
     "chat_reply": "Reply to this chat message in one or two friendly sentences.",
 }
 SCORING = {"plays": "label", "bible_book": "label", "speaker": "label",
-           "next_words": "exact", "verse_next": "exact", "chat_reply": None}  # fmt: skip
+           "next_words": "label", "verse_next": "label", "chat_reply": None}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Example:
-    """One example: `task`, the user content parts, the answer and, for classification, labels."""
+    """One example: `task`, the user content parts, the answer and, for classification, labels.
+    ("plays" examples keep their passage, already inside the instruction, as `input`.)"""
 
     task: str
     instruction: str
@@ -123,18 +139,22 @@ def _scene_split(key: str, seed: int) -> tuple[list[corpora.Scene], list[corpora
 
 
 def play_examples(seed: int, plays: tuple[str, ...] = TASK_PLAYS) -> dict[str, list[Example]]:
-    """'Which play is this passage from?' examples: {"train": [...], "test": [...]} by scene."""
+    """'Which play is this passage from?' examples, {"train", "val", "test"}, split by scene."""
     titles = [corpora.read_play(k).title for k in plays]
     options = ", ".join(titles)
-    split: dict[str, list[Example]] = {"train": [], "test": []}
+    split: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     for key, title in zip(plays, titles, strict=True):
-        for name, scenes in zip(("train", "test"), _scene_split(key, seed), strict=True):
+        kept, test = _scene_split(key, seed)
+        val_at = held_out(len(kept), f"val:{key}", seed, PLAY_VAL_FRACTION)
+        train = [s for i, s in enumerate(kept) if i not in val_at]
+        val = [s for i, s in enumerate(kept) if i in val_at]
+        for name, scenes in (("train", train), ("val", val), ("test", test)):
             for scene in scenes:
-                stride = PLAY_TRAIN_STRIDE if name == "train" else None
+                stride = None if name == "test" else PLAY_TRAIN_STRIDE
                 for speech in scene.speeches:
                     for text in passages(speech, **PLAY_PASSAGE, stride=stride):
                         prompt = PLAY_PROMPT.format(options=options, line=text)
-                        split[name].append(Example("plays", prompt, "", title, tuple(titles)))
+                        split[name].append(Example("plays", prompt, text, title, tuple(titles)))
     return split
 
 
@@ -146,29 +166,67 @@ def _speaker_labels(scenes: list[corpora.Scene], n: int = 4) -> tuple[str, ...]:
 def speaker_examples(
     key: str, scenes: list[corpora.Scene], labels: tuple[str, ...]
 ) -> list[Example]:
+    """One example per speech by one of `labels` that answers another speaker's speech: the input
+    is the end of the speech before (with its speaker's name) and the reply's first lines."""
     title = corpora.read_play(key).title
     shown = tuple(label.title() for label in labels)
     instruction = INSTRUCTIONS["speaker"].format(title=title, options=", ".join(shown))
-    return [
-        Example("speaker", instruction, text, speech.speaker.title(), shown)
-        for scene in scenes
-        for speech in scene.speeches
-        if speech.speaker in labels
-        for text in passages(speech)
-    ]
+    examples = []
+    for scene in scenes:
+        for before, speech in pairwise(scene.speeches):
+            if speech.speaker not in labels or before.speaker == speech.speaker:
+                continue
+            reply = next(passages(speech, min_chars=40, max_lines=3, max_chars=160), None)
+            cue = " ".join(before.lines[-2:])[-160:]
+            if reply is not None:
+                text = f"{before.speaker.title()}: {cue}\n?: {reply}"
+                examples.append(
+                    Example("speaker", instruction, text, speech.speaker.title(), shown)
+                )
+    return examples
 
 
-def continuation(text: str, n_words: int = 1, min_words: int = 7) -> tuple[str, str] | None:
-    """(prefix, last `n_words` words) of a line with at least `min_words` words, else None."""
+_WORD = re.compile(r"[A-Za-z][A-Za-z']*[A-Za-z]|[A-Za-z]")
+
+
+def continuation(text: str, min_words: int = 7) -> tuple[str, str] | None:
+    """(the text before its last word, that word without punctuation) for a text of at least
+    `min_words` words whose last word has at least 2 letters; else None."""
     words = text.split()
     if len(words) < min_words:
         return None
-    return " ".join(words[:-n_words]), " ".join(words[-n_words:])
+    last = _WORD.search(words[-1])
+    if last is None or len(last.group()) < 2:
+        return None
+    return " ".join(words[:-1]), last.group()
 
 
-def next_words_examples(scenes: list[corpora.Scene]) -> list[Example]:
+def cloze(
+    task: str, pairs: list[tuple[str, str]], key: str, seed: int, n: int = 4
+) -> list[Example]:
+    """'Which word ends this?' examples: each (prefix, word) gets `n` - 1 distractors, final
+    words of other `pairs` drawn as often as they occur (so word frequency tells the gold word
+    from the distractors no better than chance), with the options in a seeded order."""
+    words = [w for _, w in pairs]
+    if len({w.lower() for w in words}) < n:
+        return []
+    rng = random.Random(f"{seed}:{key}")
+    examples = []
+    for prefix, word in pairs:
+        options = [word]
+        while len(options) < n:
+            other = rng.choice(words)
+            if other.lower() not in {o.lower() for o in options}:
+                options.append(other)
+        rng.shuffle(options)
+        instruction = INSTRUCTIONS[task].format(options=", ".join(options))
+        examples.append(Example(task, instruction, prefix, word, tuple(options)))
+    return examples
+
+
+def next_words_examples(scenes: list[corpora.Scene], key: str, seed: int) -> list[Example]:
     pairs = (continuation(line) for s in scenes for sp in s.speeches for line in sp.lines)
-    return [Example("next_words", INSTRUCTIONS["next_words"], p, o) for p, o in filter(None, pairs)]
+    return cloze("next_words", list(filter(None, pairs)), key, seed)
 
 
 # --------------------------------------------------------------------------- KJV
@@ -196,9 +254,9 @@ def bible_book_examples(verses: list[corpora.Verse]) -> list[Example]:
     ]
 
 
-def verse_next_examples(verses: list[corpora.Verse]) -> list[Example]:
+def verse_next_examples(verses: list[corpora.Verse], key: str, seed: int) -> list[Example]:
     pairs = (continuation(v.text, min_words=8) for v in verses if len(v.text) <= 200)
-    return [Example("verse_next", INSTRUCTIONS["verse_next"], p, o) for p, o in filter(None, pairs)]
+    return cloze("verse_next", list(filter(None, pairs)), key, seed)
 
 
 # --------------------------------------------------------------------------- chit-chat
@@ -227,9 +285,11 @@ def instruction_examples(
         train_scenes, test_scenes = _scene_split(key, seed)
         labels = _speaker_labels(train_scenes)
         for name, scenes in (("train", train_scenes), ("test", test_scenes)):
-            split[name] += speaker_examples(key, scenes, labels) + next_words_examples(scenes)
+            split[name] += speaker_examples(key, scenes, labels)
+            split[name] += next_words_examples(scenes, f"cloze:{key}:{name}", seed)
     for name, verses in zip(("train", "test"), bible_split(seed), strict=True):
-        split[name] += bible_book_examples(verses) + verse_next_examples(verses)
+        split[name] += bible_book_examples(verses)
+        split[name] += verse_next_examples(verses, f"cloze:kjv:{name}", seed)
     for name, dialogues in zip(("train", "test"), chat_split(seed), strict=True):
         split[name] += chat_examples(dialogues)
     return split

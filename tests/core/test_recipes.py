@@ -93,12 +93,14 @@ def test_held_out_play_lines_are_in_no_training_file_nor_the_pretraining_text(re
     test = rows(root / "plays/test.jsonl")
     assert len(test) == 250 and manifest["plays"]["chance"] == pytest.approx(0.2)
     assert set(manifest["plays"]["per_label"]["test"].values()) == {50}
-    train = {r["prompt"] for r in rows(root / "plays/train.jsonl") + rows(root / "plays/val.jsonl")}
+    trained = rows(root / "plays/train.jsonl") + rows(root / "plays/val.jsonl")
+    train = {r["prompt"] for r in trained} | {r["completion"] for r in trained}
     corpus = "\n".join(p.read_text(encoding="utf-8") for p in (root / "pretrain").glob("*.txt"))
     corpus = " ".join(corpus.split())
     for row in test:
         assert row["prompt"] not in train
         line = row["prompt"].split("\n\nPassage: ", 1)[1]
+        assert line == row["passage"] and line not in train
         assert line[:50] not in corpus, f"held-out line seen in pre-training: {line!r}"
 
 
@@ -126,6 +128,61 @@ def test_instruction_test_inputs_are_never_trained_on(recipe_dir):
         answers = Counter(r["output"] for r in test if r["task"] == task)
         share = -(-prepare.Sizes().instruct_test_per_task // len(answers))
         assert len(answers) > 1 and max(answers.values()) <= share, (task, answers)
+
+
+WORDS = ["sun", "moon", "Star", "star", "sea", "sky"]
+
+
+def test_cloze_options_are_the_gold_word_and_distinct_distractors_in_a_seeded_order():
+    pairs = [(f"line {i} ends with", w) for i, w in enumerate(WORDS)]
+    examples = tasks.cloze("next_words", pairs, "k", seed=0)
+    assert examples == tasks.cloze("next_words", pairs, "k", seed=0)
+    for (prefix, word), example in zip(pairs, examples, strict=True):
+        options = example.labels
+        assert example.input == prefix and example.output == word and word in options
+        assert len({o.lower() for o in options}) == 4 and set(options) <= {w for _, w in pairs}
+        assert example.instruction.endswith(f"Answer with one of: {', '.join(options)}.")
+    assert len({e.labels.index(e.output) for e in examples}) > 1  # the gold moves around
+    assert tasks.cloze("next_words", pairs[:2], "k", 0) == []  # too few words for 4 options
+    assert tasks.continuation("And so I bid you all good night, sweet lords.") == (
+        "And so I bid you all good night, sweet",
+        "lords",
+    )
+    assert tasks.continuation("Too short a line.") is None
+    assert tasks.continuation("one two three four five six seven --") is None
+
+
+def test_instruction_tasks_have_answerable_rows(recipe_dir):
+    root, _ = recipe_dir
+    test = rows(root / "instruct/test.jsonl")
+    for row in (r for r in test if r["task"] in ("next_words", "verse_next")):
+        assert len({o.lower() for o in row["labels"]}) == 4 and row["output"] in row["labels"]
+        assert row["output"].isalpha() or "'" in row["output"]  # no punctuation to give it away
+    positions = Counter(r["labels"].index(r["output"]) for r in test if r["task"] == "next_words")
+    assert len(positions) == 4
+    for row in (r for r in test if r["task"] == "speaker"):
+        before, reply = row["input"].split("\n")
+        assert reply.startswith("?: ") and not before.startswith(row["output"] + ":")
+
+
+def test_play_validation_comes_from_scenes_never_trained_on(recipe_dir):
+    root, _ = recipe_dir
+    train = " ".join(r["completion"] for r in rows(root / "plays/train.jsonl"))
+    val = [r["completion"] for r in rows(root / "plays/val.jsonl")][1::2]  # the passages
+    assert len(val) > 100 and not [v for v in val if v[:60] in train]
+
+
+def test_every_training_passage_is_trained_both_ways(recipe_dir):
+    root, _ = recipe_dir
+    train = rows(root / "plays/train.jsonl")
+    assert len(train) == 2 * 5 * prepare.Sizes().plays_train_per_label
+    for question, channel in zip(train[::2], train[1::2], strict=True):
+        passage = question["prompt"].split("\n\nPassage: ", 1)[1]
+        assert channel == {"prompt": f"Write a passage from {question['completion']}.",
+                           "completion": passage}  # fmt: skip
+    assert (
+        evaluate.ngram_baseline(root / "plays/train.jsonl", root / "plays/test.jsonl")["n"] == 250
+    )
 
 
 def test_jsonl_shapes(recipe_dir):
@@ -206,24 +263,28 @@ def tiny_checkpoint(tmp_path_factory):
     return checkpoint.save(Decoder(config), tmp_path_factory.mktemp("tiny"), tok)
 
 
-def test_evaluate_scores_every_row_of_a_real_checkpoint(tiny_checkpoint, recipe_dir):
+def test_evaluate_scores_every_row_of_a_real_checkpoint(tiny_checkpoint, recipe_dir, tmp_path):
     root, _ = recipe_dir
-    result = evaluate.evaluate(tiny_checkpoint, root / "instruct/test.jsonl", 4, limit=3)
-    assert result["n"] == {"bible_book": 3, "speaker": 3, "next_words": 3, "verse_next": 3}
+    open_rows = [{"instruction": "Complete this line.", "input": "To be or not to", "output": "be",
+                  "task": "open", "labels": []}] * 3  # fmt: skip
+    test = tmp_path / "test.jsonl"
+    prepare.write_jsonl(test, evaluate.read_rows(root / "instruct/test.jsonl") + open_rows)
+    result = evaluate.evaluate(tiny_checkpoint, test, 4, limit=3)
+    labelled = ("bible_book", "speaker", "next_words", "verse_next")
+    assert result["n"] == {**dict.fromkeys(labelled, 3), "open": 3}
     for answer in result["answers"]:
         row_ok = answer["ok"]
         assert isinstance(answer["answer"], str) and row_ok in (True, False)
     assert set(result["accuracy"]) == set(result["n"])
-    assert result["scoring"] == {"bible_book": "rank", "speaker": "rank", "next_words": "exact",
-                                 "verse_next": "exact"}  # fmt: skip
+    assert result["scoring"] == {**dict.fromkeys(labelled, "rank"), "open": "exact"}
     assert result["accuracy"]["speaker"] == result["rank_accuracy"]["speaker"]
-    assert result["accuracy"]["next_words"] == result["generation_accuracy"]["next_words"]
-    ranked = [a for a in result["answers"] if a["task"] in ("bible_book", "speaker")]
-    assert len(ranked) == 6 and all(a["rank_ok"] == (a["rank_pick"] == a["gold"]) for a in ranked)
-    quick = evaluate.evaluate(tiny_checkpoint, root / "instruct/test.jsonl", 4, 3, False)
+    assert result["accuracy"]["open"] == result["generation_accuracy"]["open"]
+    ranked = [a for a in result["answers"] if a["task"] in labelled]
+    assert len(ranked) == 12 and all(a["rank_ok"] == (a["rank_pick"] == a["gold"]) for a in ranked)
+    quick = evaluate.evaluate(tiny_checkpoint, test, 4, 3, False)
     assert quick["rank_accuracy"] == result["rank_accuracy"] and quick["n"] == result["n"]
-    assert set(quick["generation_accuracy"]) == {"next_words", "verse_next"}
-    assert [a.get("answer") is None for a in quick["answers"]] == [t in ("bible_book", "speaker")
+    assert set(quick["generation_accuracy"]) == {"open"}
+    assert [a.get("answer") is None for a in quick["answers"]] == [t in labelled
                                                                   for t in quick["n"] for _ in "abc"]  # fmt: skip
 
 
@@ -259,6 +320,34 @@ def test_rank_classification_picks_the_label_with_the_highest_log_prob(tiny_chec
         picks.append(labels[max(range(len(slow)), key=slow.__getitem__)])
         assert result["picks"] == [picks[-1]]
         assert result["accuracy"] == {"plays": float(picks[-1] == "Macbeth")}
+
+
+def test_channel_scores_each_prompt_by_the_log_prob_of_the_same_reply(tiny_checkpoint):
+    """The batched channel scorer equals a direct log-prob of the reply after each prompt, and
+    channel classification picks the label whose prompt makes the passage likeliest."""
+    import torch
+
+    from core import data
+    from core.engine import LLM
+
+    llm = LLM.load(tiny_checkpoint, dtype="fp32")
+    labels = ["Hamlet", "Macbeth", "Romeo and Juliet"]  # unequal lengths: padding is exercised
+    passage = "Fair is foul, and foul is fair."
+    prompts_ = [f"Write a passage from {label}." for label in labels]
+    slow = []
+    for prompt in prompts_:
+        chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": passage}]
+        ids, targets = data.encode_chat(llm.tokenizer, chat, "test")
+        with torch.no_grad():
+            logp = llm.model(torch.tensor([ids]))[0].log_softmax(-1)  # (T, V)
+        slow.append(sum(logp[j - 1, ids[j]].item() for j in range(1, len(ids))
+                        if targets[j] != data.IGNORE))  # fmt: skip
+    fast = evaluate.channel_logprobs(llm.model, llm.tokenizer, prompts_, passage)
+    assert fast == pytest.approx(slow, abs=1e-4)
+    best = labels[max(range(3), key=slow.__getitem__)]
+    row = {"passage": passage, "labels": labels, "completion": "Macbeth", "task": "plays"}
+    result = evaluate.channel_rows(llm, [row], "Write a passage from {label}.")
+    assert result["picks"] == [best] and result["accuracy"] == {"plays": float(best == "Macbeth")}
 
 
 class _Answers:
@@ -327,9 +416,11 @@ def test_miniature_demo_end_to_end(tmp_path):
     text = run.step_report(demo)
     pre = json.loads((tmp_path / "data/results/pretrain.json").read_text())
     assert pre["unigram_ppl"] > 1 and pre["ratio"] == pytest.approx(
-        pre["val_ppl"] / pre["unigram_ppl"]
+        pre["model_val_ppl_full"] / pre["unigram_ppl"]
     )
     assert set(pre["samples"]) == {"0.5", "0.8", "1.1"}
     after = json.loads((tmp_path / "data/results/plays-demo-after.json").read_text())
     assert after["n"] == {"plays": 5}
-    assert "| demo (n=5) |" in text and "Pre-training" in text
+    assert after["scoring"] == {"plays": "channel"} and set(after["rank_accuracy"]) == {"plays"}
+    assert after["accuracy"] == after["channel_accuracy"]
+    assert "| demo | 5 |" in text and "Pre-training" in text
