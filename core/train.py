@@ -94,16 +94,23 @@ def make_accelerator(precision: str):
     return Accelerator(mixed_precision=MIXED[precision], cpu=not torch.cuda.is_available())
 
 
-def batch_loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def batch_loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
+               weighting: str = "token") -> torch.Tensor:  # fmt: skip
     """Cross-entropy over the labelled positions; where the loss mask drops some (fine-tuning),
-    logits are computed at the labelled positions only."""
+    logits are computed at the labelled positions only. With `weighting="example"` the mean is
+    over examples of each example's mean token loss (rows without a labelled token are left out)."""
     scored = y != data.IGNORE
     if bool(scored.all()):
         logits = model(x).flatten(0, 1)  # (B*T, vocab)
-        y = y.flatten()
+        flat = y.flatten()
     else:
-        logits, y = model(x, select=scored), y[scored]  # (N, vocab)
-    return F.cross_entropy(logits.float(), y, reduction=reduction)
+        logits, flat = model(x, select=scored), y[scored]  # (N, vocab), row-major like y[scored]
+    if weighting == "token" or reduction != "mean":
+        return F.cross_entropy(logits.float(), flat, reduction=reduction)
+    losses = F.cross_entropy(logits.float(), flat, reduction="none")  # (N,)
+    per_row = scored.sum(1)  # (B,)
+    weights = (1.0 / per_row.clamp(min=1)).repeat_interleave(per_row)  # (N,)
+    return (losses * weights).sum() / (per_row > 0).sum().clamp(min=1)
 
 
 class Loop:
@@ -176,7 +183,7 @@ class Loop:
             self.progress.micro_batches += 1
             last = k == cfg.grad_accum - 1
             with nullcontext() if last else acc.no_sync(model), acc.autocast():
-                loss = batch_loss(model, x, y)
+                loss = batch_loss(model, x, y, weighting=cfg.loss_weighting)
                 acc.backward(loss / cfg.grad_accum)
             total += loss.item() / cfg.grad_accum
             tokens += n
@@ -320,7 +327,8 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-FINETUNE_FLAGS = {"init": str, "val": str, "freeze_all_but": int, "keep_best": boolean}
+FINETUNE_FLAGS = {"init": str, "val": str, "freeze_all_but": int, "keep_best": boolean,
+                  "loss_weighting": str}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ STATE_DIR, TENSORS_FILE, TRAINER_FILE = "training_state", "tensors.safetensors",
 LOG_FILE, METRICS_FILE, PLOT_FILE = "log.jsonl", "metrics.json", "loss.png"
 PRECISIONS = ("fp32", "bf16", "fp16")
 ARCHES = ("classic", "gpt2", "llama")
+LOSS_WEIGHTINGS = ("token", "example")
 
 
 class TrainError(ValueError):
@@ -71,6 +72,10 @@ class TrainConfig:
     # the final checkpoint holds the weights of the lowest validation loss seen (evaluated every
     # eval_every steps), not the last step's; periodic checkpoints keep the current weights
     keep_best: bool = False
+    # finetune: "token" averages the loss over every scored token of a batch, so a 40-token reply
+    # outweighs a 2-token answer twenty times; "example" averages each example's tokens first,
+    # so every example counts the same (a mix of short-answer and long-reply tasks)
+    loss_weighting: str = "token"
 
     def __post_init__(self) -> None:
         if self.mode not in ("pretrain", "finetune"):
@@ -79,6 +84,9 @@ class TrainConfig:
             raise TrainError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
         if self.arch not in ARCHES:
             raise TrainError(f"arch must be one of {ARCHES}, got {self.arch!r}.")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise TrainError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got "
+                             f"{self.loss_weighting!r}.")  # fmt: skip
         if isinstance(self.data, str):
             self.data = [self.data]
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_steps",

@@ -39,15 +39,18 @@ class Demo:
         "max_steps": 800, "eval_every": 100, "eval_steps": 8, "save_every": 200,
         "val_fraction": 0.05, "weight_decay": 0.1,
     })  # fmt: skip
-    # fine-tunes keep the weights of their lowest validation loss (evaluated every 50 steps)
+    # fine-tunes keep the weights of their lowest validation loss (evaluated every 50 steps) and
+    # weigh every example the same: the instruction mix's chat replies are ten times as long as
+    # its one-word answers, and per-token weighting left the answers a tenth of the gradient
     demo_finetune: dict[str, Any] = field(default_factory=lambda: {
         "batch_size": 16, "lr": 3e-4, "warmup_steps": 20, "max_steps": 700,
         "eval_every": 50, "eval_steps": 12, "save_every": 5000, "keep_best": True,
+        "loss_weighting": "example",
     })  # fmt: skip
     smol_finetune: dict[str, Any] = field(default_factory=lambda: {
         "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 10, "max_steps": 400,
         "eval_every": 50, "eval_steps": 6, "save_every": 5000, "freeze_all_but": 6,
-        "keep_best": True,
+        "keep_best": True, "loss_weighting": "example",
     })  # fmt: skip
     smol_instruct_steps: int = 300  # SmolLM2 steps take ~3 s on one thread
     demo_instruct_steps: int = 800  # 1.7 epochs of the 7,500-row instruction mix

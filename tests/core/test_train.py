@@ -215,6 +215,29 @@ def test_masked_loss_projects_only_the_scored_positions_and_matches_the_full_log
     )
 
 
+def test_example_weighting_averages_each_example_before_the_batch(corpus, tokenizer_dir):
+    """loss_weighting="example": a 2-token answer and a 6-token reply count the same, i.e. the
+    loss is the mean over rows of each row's own masked cross-entropy; a row with no scored
+    token is left out (not counted as a zero)."""
+    tok = Tokenizer.from_dir(tokenizer_dir)
+    torch.manual_seed(0)
+    model = Decoder(trainsetup.model_config(TrainConfig(**TINY), tok))
+    x = torch.randint(0, tok.vocab_size, (3, 12))
+    y = torch.full((3, 12), data.IGNORE)
+    y[0, 4:6] = x[0, 5:7]  # a 2-token answer
+    y[1, 2:8] = x[1, 3:9]  # a 6-token reply; row 2 has nothing scored
+    rows = [
+        torch.nn.functional.cross_entropy(model(x[i : i + 1])[0], y[i], ignore_index=data.IGNORE)
+        for i in (0, 1)
+    ]
+    loss = train.batch_loss(model, x, y, weighting="example")
+    assert loss.item() == pytest.approx((rows[0] + rows[1]).item() / 2, abs=1e-5)
+    token = train.batch_loss(model, x, y)
+    assert token.item() == pytest.approx((2 * rows[0] + 6 * rows[1]).item() / 8, abs=1e-5)
+    with pytest.raises(TrainError, match="loss_weighting must be one of"):
+        TrainConfig(loss_weighting="sentence")
+
+
 def test_weight_decay_applies_to_matrices_only(corpus, tokenizer_dir):
     tok = Tokenizer.from_dir(tokenizer_dir)
     model = Decoder(trainsetup.model_config(TrainConfig(**TINY), tok))
