@@ -202,11 +202,15 @@ class Embedder(EmbeddingFunction[Documents]):
         return self(input)
 
     def get_config(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "precision": self.precision}
+        """What Chroma stores to rebuild this embedder: the int8 backend too, whose vectors differ
+        slightly from the other's."""
+        return {"model_path": self.model_path, "precision": self.precision,
+                "int8_backend": self.backend if self.precision == "int8" else "auto"}  # fmt: skip
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> Embedder:
-        return Embedder(config.get("model_path"), precision=config.get("precision", "auto"))
+        return Embedder(config.get("model_path"), precision=config.get("precision", "auto"),
+                        int8_backend=config.get("int8_backend", "auto"))  # fmt: skip
 
     def default_space(self) -> str:
         return "cosine"

@@ -61,6 +61,9 @@ def test_int8_vector_of_a_text_does_not_depend_on_its_batch_mates(backend):
     assert int8.backend == backend
     alone = np.stack([int8.encode([t])[0] for t in TEXTS])
     np.testing.assert_array_equal(int8.encode(TEXTS), alone)
+    rebuilt = Embedder.build_from_config(int8.get_config())  # as Chroma rebuilds it
+    assert rebuilt.backend == backend
+    np.testing.assert_array_equal(rebuilt.encode(TEXTS), alone)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
