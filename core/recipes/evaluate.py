@@ -238,8 +238,8 @@ def evaluate(source: str | Path, test_file: str | Path, max_new_tokens: int = 12
     """Load `source` with `core.engine.LLM.load`; score it on (up to `limit` per task) test rows:
     label tasks by rank classification (generation accuracy alongside unless `label_generation`
     is False, which saves most of the time for a large model), the others by exact match.
-    With a `channel` template, rows carrying a "passage" are also classified by `channel_rows`,
-    and that is their task's `accuracy` (scoring "channel"; rank accuracy stays alongside)."""
+    With a `channel` template, rows carrying a "passage" are also classified by `channel_rows`
+    (`channel_accuracy`, and each answer's `channel_pick`), beside their rank accuracy."""
     from core.engine import LLM
 
     rows = first_per_task(read_rows(test_file), limit)
@@ -270,8 +270,6 @@ def evaluate(source: str | Path, test_file: str | Path, max_new_tokens: int = 12
         for i, pick in zip(at, chosen["picks"], strict=True):
             gold = rows[i].get("completion", rows[i].get("output"))
             answers[i].update(channel_pick=pick, channel_ok=pick == gold)
-        accuracy.update(chosen["accuracy"])
-        scoring.update(dict.fromkeys(chosen["accuracy"], "channel"))
         result.update(channel_accuracy=chosen["accuracy"], channel_too_long=chosen["too_long"],
                       seconds=round(result["seconds"] + chosen["seconds"], 1))  # fmt: skip
     return {**result, "accuracy": accuracy, "scoring": scoring}

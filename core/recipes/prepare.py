@@ -2,9 +2,8 @@
 
 Layout under `root` (default `data/recipes/`):
   pretrain/<play>.txt                   every play, held-out scenes of the task plays removed
-  plays/{train,val,test}.jsonl          {"prompt", "completion"}, each passage both ways (which
-                                        play? / a passage from a play); test rows are the question
-                                        only, adding "task", "labels" and "passage"
+  plays/{train,val,test}.jsonl          {"prompt", "completion"}  (test rows add "task", "labels"
+                                        and "passage", for channel scoring)
   instruct/{train,val,test}.jsonl       {"instruction", "input", "output"}  (test rows add them too)
   manifest.json                         seed, sizes, labels and chance per task
 
@@ -71,12 +70,6 @@ def task_row(example: Example) -> dict[str, Any]:
     return {"prompt": example.instruction, "completion": example.output}
 
 
-def play_rows(example: Example) -> list[dict[str, Any]]:
-    """A plays example trained both ways: the passage -> its play, and the play -> the passage."""
-    channel = tasks.PLAY_CHANNEL_PROMPT.format(label=example.output)
-    return [task_row(example), {"prompt": channel, "completion": example.input}]
-
-
 def test_row(example: Example, row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "task": example.task, "labels": list(example.labels)}
 
@@ -95,8 +88,8 @@ def write_plays(root: Path, seed: int, sizes: Sizes) -> dict[str, Any]:
     val = balanced(split["val"], sizes.plays_val_per_label, "plays:val", seed)
     test = balanced(split["test"], sizes.plays_test_per_label, "plays:test", seed)
     counts = {
-        "train": write_jsonl(root / "plays/train.jsonl", (r for e in train for r in play_rows(e))),
-        "val": write_jsonl(root / "plays/val.jsonl", (r for e in val for r in play_rows(e))),
+        "train": write_jsonl(root / "plays/train.jsonl", map(task_row, train)),
+        "val": write_jsonl(root / "plays/val.jsonl", map(task_row, val)),
         "test": write_jsonl(
             root / "plays/test.jsonl",
             ({**test_row(e, task_row(e)), "passage": e.input} for e in test),

@@ -67,22 +67,21 @@ INSTRUCT_FT = {"demo": "demo-shakespeare-instruct", "smollm2": "smollm2-instruct
 
 def task_table(results: Path, chance: float | None) -> list[str]:
     lines = [
-        "| model | n | before | after | chance | after / chance | rank: before -> after "
-        "| generation: before -> after | fine-tuning |",
+        "| model | n | before (rank) | after (rank) | chance | after / chance "
+        "| channel: before -> after | generation: before -> after | fine-tuning |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for model in ("demo", "smollm2"):
         before, after = (_load(results, f"plays-{model}-{s}") for s in ("before", "after"))
         acc = [_acc(r, "plays") for r in (before, after)]
-        rank = [_acc(r, "plays", "rank_accuracy") for r in (before, after)]
+        channel = [_acc(r, "plays", "channel_accuracy") for r in (before, after)]
         gen = [_acc(r, "plays", "generation_accuracy") for r in (before, after)]
         ratio = f"{acc[1] / chance:.1f}x" if acc[1] is not None and chance else "—"
         ns = {r["n"]["plays"] for r in (before, after) if r}
         n = "/".join(map(str, sorted(ns))) or "—"
-        scoring = (after or before or {}).get("scoring", {}).get("plays", "rank")
         lines.append(
-            f"| {model} | {n} | {_pct(acc[0])} | {_pct(acc[1])} ({scoring}) | {_pct(chance)} "
-            f"| {ratio} | {_pct(rank[0])} -> {_pct(rank[1])} | {_pct(gen[0])} -> {_pct(gen[1])} "
+            f"| {model} | {n} | {_pct(acc[0])} | {_pct(acc[1])} | {_pct(chance)} | {ratio} "
+            f"| {_pct(channel[0])} -> {_pct(channel[1])} | {_pct(gen[0])} -> {_pct(gen[1])} "
             f"| {_steps(results, TASK_FT[model])} |"
         )
     ngram = _load(results, "plays-ngram-baseline")

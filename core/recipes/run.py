@@ -52,7 +52,7 @@ class Demo:
         "eval_every": 50, "eval_steps": 6, "save_every": 5000, "freeze_all_but": 6,
         "keep_best": True, "loss_weighting": "example",
     })  # fmt: skip
-    smol_instruct_steps: int = 300  # SmolLM2 steps take ~3 s on one thread
+    smol_instruct_steps: int = 700  # SmolLM2 steps take ~3 s on one thread
     demo_instruct_steps: int = 800  # 1.7 epochs of the 7,500-row instruction mix
     demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)
     # SmolLM2 answers at ~1 s a row on one thread: rows per task for plays / instruct.

@@ -41,10 +41,10 @@ PLAY_HELD_OUT_FRACTION = 0.25
 # windows from the same scenes would make validation loss track memorisation, not held-out skill
 PLAY_VAL_FRACTION = 0.1
 PLAY_PROMPT = "Which play is this passage from? Answer with one of: {options}.\n\nPassage: {line}"
-# The other direction, trained beside it: a passage given its play. A model that has learned
-# p(passage | play) classifies by Bayes' rule over the balanced labels ("noisy channel"
-# classification, Min et al. 2022), and every passage token is a training signal, not only the
-# answer's few.
+# Noisy-channel scoring (Min et al. 2022), reported beside rank classification: each play is
+# scored by the log-probability of the passage as the reply to this prompt. It needs no
+# training on the task (SmolLM2 scores 44% zero-shot this way); training the demo on both
+# directions at once pulled both scores down (29% instead of 46%), so fine-tuning is one-way.
 PLAY_CHANNEL_PROMPT = "Write a passage from {label}."
 # Up to 6 lines of one speech, 120-200 characters: with the ~70-token prompt that fits the demo
 # model's 256-token context. Shorter passages carry too little to tell the plays apart (a

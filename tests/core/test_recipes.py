@@ -167,19 +167,17 @@ def test_instruction_tasks_have_answerable_rows(recipe_dir):
 
 def test_play_validation_comes_from_scenes_never_trained_on(recipe_dir):
     root, _ = recipe_dir
-    train = " ".join(r["completion"] for r in rows(root / "plays/train.jsonl"))
-    val = [r["completion"] for r in rows(root / "plays/val.jsonl")][1::2]  # the passages
+    train = " ".join(r["prompt"].split("Passage: ", 1)[1] for r in rows(root / "plays/train.jsonl"))
+    val = [r["prompt"].split("Passage: ", 1)[1] for r in rows(root / "plays/val.jsonl")]
     assert len(val) > 100 and not [v for v in val if v[:60] in train]
 
 
-def test_every_training_passage_is_trained_both_ways(recipe_dir):
+def test_plays_training_rows_are_balanced_questions(recipe_dir):
     root, _ = recipe_dir
     train = rows(root / "plays/train.jsonl")
-    assert len(train) == 2 * 5 * prepare.Sizes().plays_train_per_label
-    for question, channel in zip(train[::2], train[1::2], strict=True):
-        passage = question["prompt"].split("\n\nPassage: ", 1)[1]
-        assert channel == {"prompt": f"Write a passage from {question['completion']}.",
-                           "completion": passage}  # fmt: skip
+    assert len(train) == 5 * prepare.Sizes().plays_train_per_label
+    assert set(Counter(r["completion"] for r in train).values()) == {720}
+    assert all("\n\nPassage: " in r["prompt"] for r in train)
     assert (
         evaluate.ngram_baseline(root / "plays/train.jsonl", root / "plays/test.jsonl")["n"] == 250
     )
@@ -421,6 +419,7 @@ def test_miniature_demo_end_to_end(tmp_path):
     assert set(pre["samples"]) == {"0.5", "0.8", "1.1"}
     after = json.loads((tmp_path / "data/results/plays-demo-after.json").read_text())
     assert after["n"] == {"plays": 5}
-    assert after["scoring"] == {"plays": "channel"} and set(after["rank_accuracy"]) == {"plays"}
-    assert after["accuracy"] == after["channel_accuracy"]
+    assert after["scoring"] == {"plays": "rank"} and after["accuracy"] == after["rank_accuracy"]
+    assert set(after["channel_accuracy"]) == {"plays"}
+    assert all(a["channel_ok"] == (a["channel_pick"] == a["gold"]) for a in after["answers"])
     assert "| demo | 5 |" in text and "Pre-training" in text
