@@ -54,7 +54,7 @@ class Demo:
     })  # fmt: skip
     # "Which play?" fine-tunes keep their last weights: their validation loss (a few answer
     # tokens per row, 174 rows) is too noisy to pick a step by; it bottomed at step 250 of 700
-    # and those weights scored 30% where the last ones score ~46%
+    # and those weights scored 30.4% where the last ones score 44.4%
     plays_keep_best: bool = False
     smol_instruct_steps: int = 700  # SmolLM2 steps take ~3 s on one thread
     demo_instruct_steps: int = 800  # 1.7 epochs of the 7,500-row instruction mix

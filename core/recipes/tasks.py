@@ -44,7 +44,7 @@ PLAY_PROMPT = "Which play is this passage from? Answer with one of: {options}.\n
 # Noisy-channel scoring (Min et al. 2022), reported beside rank classification: each play is
 # scored by the log-probability of the passage as the reply to this prompt. It needs no
 # training on the task (SmolLM2 scores 44% zero-shot this way); training the demo on both
-# directions at once pulled both scores down (29% instead of 46%), so fine-tuning is one-way.
+# directions at once pulled both scores down (29% instead of 44%), so fine-tuning is one-way.
 PLAY_CHANNEL_PROMPT = "Write a passage from {label}."
 # Up to 6 lines of one speech, 120-200 characters: with the ~70-token prompt that fits the demo
 # model's 256-token context. Shorter passages carry too little to tell the plays apart (a
