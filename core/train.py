@@ -98,7 +98,8 @@ def batch_loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
                weighting: str = "token") -> torch.Tensor:  # fmt: skip
     """Cross-entropy over the labelled positions; where the loss mask drops some (fine-tuning),
     logits are computed at the labelled positions only. With `weighting="example"` the mean is
-    over examples of each example's mean token loss (rows without a labelled token are left out)."""
+    over examples of each example's mean token loss (rows without a labelled token are left out);
+    a "sum" (validation) is always over tokens."""
     scored = y != data.IGNORE
     if bool(scored.all()):
         logits = model(x).flatten(0, 1)  # (B*T, vocab)

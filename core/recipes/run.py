@@ -39,23 +39,23 @@ class Demo:
         "max_steps": 800, "eval_every": 100, "eval_steps": 8, "save_every": 200,
         "val_fraction": 0.05, "weight_decay": 0.1,
     })  # fmt: skip
-    # fine-tunes keep the weights of their lowest validation loss (evaluated every 50 steps) and
-    # weigh every example the same: the instruction mix's chat replies are ten times as long as
-    # its one-word answers, and per-token weighting left the answers a tenth of the gradient
+    # fine-tunes weigh every example the same: the instruction mix's chat replies are ten times
+    # as long as its one-word answers, and per-token weighting left the answers a tenth of the
+    # gradient
     demo_finetune: dict[str, Any] = field(default_factory=lambda: {
         "batch_size": 16, "lr": 3e-4, "warmup_steps": 20, "max_steps": 700,
-        "eval_every": 50, "eval_steps": 12, "save_every": 5000, "keep_best": True,
-        "loss_weighting": "example",
+        "eval_every": 50, "eval_steps": 12, "save_every": 5000, "loss_weighting": "example",
     })  # fmt: skip
     smol_finetune: dict[str, Any] = field(default_factory=lambda: {
         "block_size": 160, "batch_size": 4, "lr": 2e-4, "warmup_steps": 10, "max_steps": 400,
         "eval_every": 50, "eval_steps": 6, "save_every": 5000, "freeze_all_but": 6,
-        "keep_best": True, "loss_weighting": "example",
+        "loss_weighting": "example",
     })  # fmt: skip
-    # "Which play?" fine-tunes keep their last weights: their validation loss (a few answer
-    # tokens per row, 174 rows) is too noisy to pick a step by; it bottomed at step 250 of 700
-    # and those weights scored 30.4% where the last ones score 44.4%
-    plays_keep_best: bool = False
+    # Per split: keep the weights of the lowest validation loss (evaluated every 50 steps)? Not
+    # for "which play?": its validation loss (a few answer tokens per row, 174 rows) is too noisy
+    # to pick a step by; it bottomed at step 250 of 700 and those weights scored 30.4% where the
+    # last ones score 44.4%
+    keep_best: dict[str, bool] = field(default_factory=lambda: {"plays": False, "instruct": True})
     smol_instruct_steps: int = 700  # SmolLM2 steps take ~3 s on one thread
     demo_instruct_steps: int = 800  # 1.7 epochs of the 7,500-row instruction mix
     demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)
@@ -172,7 +172,7 @@ def step_eval(demo: Demo, source: str | None, split: str | None, name: str | Non
 def finetune(demo: Demo, init: str | Path, split: str, out: str, settings: dict) -> None:
     """Fine-tune `init` on a split's train rows; the trainer's final metrics and the settings
     are saved as `results/ft-<out>.json` for the report."""
-    settings = {**settings, "seed": demo.seed}
+    settings = {**settings, "keep_best": demo.keep_best[split], "seed": demo.seed}
     if demo.reuse and (demo.model(out) / "metrics.json").exists():
         print(f"{out}: reusing {demo.model(out)}", flush=True)
     else:
@@ -193,13 +193,11 @@ def step_task(demo: Demo, models: tuple[str, ...] = ("demo", "smollm2")) -> None
     if "demo" in models:
         pretrained = need(demo.model(PRETRAINED), "pretrain")
         run_eval(demo, pretrained, "plays", "plays-demo-before")
-        settings = {**demo.demo_finetune, "keep_best": demo.plays_keep_best}
-        finetune(demo, pretrained, "plays", PLAYS_FT, settings)
+        finetune(demo, pretrained, "plays", PLAYS_FT, demo.demo_finetune)
         run_eval(demo, demo.model(PLAYS_FT), "plays", "plays-demo-after")
     if "smollm2" in models:
         run_eval(demo, "default", "plays", "plays-smollm2-before")
-        settings = {**demo.smol_finetune, "keep_best": demo.plays_keep_best}
-        finetune(demo, "default", "plays", SMOL_PLAYS_FT, settings)
+        finetune(demo, "default", "plays", SMOL_PLAYS_FT, demo.smol_finetune)
         run_eval(demo, demo.model(SMOL_PLAYS_FT), "plays", "plays-smollm2-after")
 
 
