@@ -11,14 +11,17 @@ Tasks (every answer is short, so greedy decoding can be scored):
   bible_book   (instruction)       "Which book of the Bible is this verse from?"  5 labels.
   speaker      (instruction)       "Who answers?": the speech before (with its speaker) and the first
                                    lines of the reply; 4 named options (the play's main speakers).
-  next_words   (instruction)       which of 4 words ends a held-out Shakespeare line (cloze).
-  verse_next   (instruction)       which of 4 words ends a held-out KJV verse (cloze).
-
-The cloze options are the gold word and 3 other final words of the same task and split, drawn
-per example (seeded) and listed in a seeded order, so neither position nor punctuation gives the
-answer away. (Open last-word exact match was tried first: 0-2.5% before and after fine-tuning for
-both models, a measure of nothing.)
+  named        (instruction)       "Which name appears in this passage?": a held-out Shakespeare
+                                   passage naming exactly one person or place; the answer is that
+                                   name, scored by exact match of the greedy answer.
+  testament    (instruction)       "Old or New Testament?" for a held-out KJV verse, 2 labels.
   chat_reply   (instruction)       reply to a chit-chat message (trained, not scored).
+
+Two 4-option cloze tasks (which word ends a held-out Shakespeare line / KJV verse) were tried and
+dropped: the demo model picks the right word at about chance before and after instruction tuning,
+also with distractors matched to the gold word's frequency and length, and so does its plain
+language model (the words as continuations of the line): the skill is not in a 6-layer model
+pre-trained for 26 minutes, so the tasks measured its pre-training, not its instruction tuning.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from core.recipes import corpora
 
 TASK_PLAYS = ("hamlet", "macbeth", "romeo_and_juliet", "julius_caesar", "merchant_of_venice")
 BIBLE_BOOKS = ("Genesis", "Psalms", "Proverbs", "Matthew", "Revelation")
+TESTAMENTS = ("Old Testament", "New Testament")
 HELD_OUT_FRACTION = 0.15
 # a quarter of each task play's scenes: the Merchant of Venice then gives 51 held-out passages
 PLAY_HELD_OUT_FRACTION = 0.25
@@ -56,12 +60,12 @@ PLAY_TRAIN_STRIDE = 1
 INSTRUCTIONS = {
     "bible_book": "Which book of the Bible is this verse from? Answer with one of: {options}.",
     "speaker": "In {title}, who speaks the reply marked '?'? Answer with one of: {options}.",
-    "next_words": "Which word ends this line from Shakespeare? Answer with one of: {options}.",
-    "verse_next": "Which word ends this verse from the King James Bible? Answer with one of: {options}.",
+    "named": "Which name of a person or place appears in this passage from {title}? Answer with the name.",
+    "testament": "Is this verse from the Old or the New Testament? Answer with one of: {options}.",
     "chat_reply": "Reply to this chat message in one or two friendly sentences.",
 }
 SCORING = {"plays": "label", "bible_book": "label", "speaker": "label",
-           "next_words": "label", "verse_next": "label", "chat_reply": None}  # fmt: skip
+           "named": "exact", "testament": "label", "chat_reply": None}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -186,47 +190,31 @@ def speaker_examples(
     return examples
 
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z']*[A-Za-z]|[A-Za-z]")
+def names(key: str, min_count: int = 2) -> frozenset[str]:
+    """Proper names of a play: the words of its front matter (title, cast list, setting),
+    title-cased, that its speeches use capitalised at least `min_count` times and never in
+    lower case (so 'Lord' or 'Which' are not names); persons, and places like Rome or Venice."""
+    play = corpora.read_play(key)
+    spoken = " ".join(line for s in play.scenes for sp in s.speeches for line in sp.lines)
+    lower = set(re.findall(r"\b[a-z]+\b", spoken))
+    used = Counter(re.findall(r"\b[A-Z][a-z]+\b", spoken))
+    cast = {w.title() for w in re.findall(r"[A-Za-z]+", play.front)}
+    return frozenset(w for w in cast if used[w] >= min_count and w.lower() not in lower)
 
 
-def continuation(text: str, min_words: int = 7) -> tuple[str, str] | None:
-    """(the text before its last word, that word without punctuation) for a text of at least
-    `min_words` words whose last word has at least 2 letters; else None."""
-    words = text.split()
-    if len(words) < min_words:
-        return None
-    last = _WORD.search(words[-1])
-    if last is None or len(last.group()) < 2:
-        return None
-    return " ".join(words[:-1]), last.group()
-
-
-def cloze(
-    task: str, pairs: list[tuple[str, str]], key: str, seed: int, n: int = 4
-) -> list[Example]:
-    """'Which word ends this?' examples: each (prefix, word) gets `n` - 1 distractors, final
-    words of other `pairs` drawn as often as they occur (so word frequency tells the gold word
-    from the distractors no better than chance), with the options in a seeded order."""
-    words = [w for _, w in pairs]
-    if len({w.lower() for w in words}) < n:
-        return []
-    rng = random.Random(f"{seed}:{key}")
+def named_examples(key: str, scenes: list[corpora.Scene]) -> list[Example]:
+    """One example per passage (up to 3 lines of a speech, tiled) that names exactly one of the
+    play's `names`; the answer is that name."""
+    title, known = corpora.read_play(key).title, names(key)
+    instruction = INSTRUCTIONS["named"].format(title=title)
     examples = []
-    for prefix, word in pairs:
-        options = [word]
-        while len(options) < n:
-            other = rng.choice(words)
-            if other.lower() not in {o.lower() for o in options}:
-                options.append(other)
-        rng.shuffle(options)
-        instruction = INSTRUCTIONS[task].format(options=", ".join(options))
-        examples.append(Example(task, instruction, prefix, word, tuple(options)))
+    for scene in scenes:
+        for speech in scene.speeches:
+            for text in passages(speech, min_chars=60, max_lines=3, max_chars=200):
+                found = {w for w in re.findall(r"\b[A-Z][a-z]+\b", text) if w in known}
+                if len(found) == 1:
+                    examples.append(Example("named", instruction, text, found.pop()))
     return examples
-
-
-def next_words_examples(scenes: list[corpora.Scene], key: str, seed: int) -> list[Example]:
-    pairs = (continuation(line) for s in scenes for sp in s.speeches for line in sp.lines)
-    return cloze("next_words", list(filter(None, pairs)), key, seed)
 
 
 # --------------------------------------------------------------------------- KJV
@@ -254,9 +242,22 @@ def bible_book_examples(verses: list[corpora.Verse]) -> list[Example]:
     ]
 
 
-def verse_next_examples(verses: list[corpora.Verse], key: str, seed: int) -> list[Example]:
-    pairs = (continuation(v.text, min_words=8) for v in verses if len(v.text) <= 200)
-    return cloze("verse_next", list(filter(None, pairs)), key, seed)
+def testament_examples(verses: list[corpora.Verse], key: str, seed: int) -> list[Example]:
+    """'Old or New Testament?' for verses of at least 40 characters; the Old Testament verses
+    are a seeded sample as many as the New's, so each answer is half the examples."""
+    bible = corpora.read_bible()
+    first_new = next(i for i, v in enumerate(bible) if v.book == "Matthew")
+    new_books = {v.book for v in bible[first_new:]}
+    instruction = INSTRUCTIONS["testament"].format(options=", ".join(TESTAMENTS))
+    long = [v for v in verses if len(v.text) >= 40]
+    new = [v for v in long if v.book in new_books]
+    old = [v for v in long if v.book not in new_books]
+    old = random.Random(f"{seed}:{key}").sample(old, min(len(old), len(new)))
+    return [
+        Example("testament", instruction, v.text, TESTAMENTS[i], TESTAMENTS)
+        for i, group in enumerate((old, new))
+        for v in group
+    ]
 
 
 # --------------------------------------------------------------------------- chit-chat
@@ -286,10 +287,10 @@ def instruction_examples(
         labels = _speaker_labels(train_scenes)
         for name, scenes in (("train", train_scenes), ("test", test_scenes)):
             split[name] += speaker_examples(key, scenes, labels)
-            split[name] += next_words_examples(scenes, f"cloze:{key}:{name}", seed)
+            split[name] += named_examples(key, scenes)
     for name, verses in zip(("train", "test"), bible_split(seed), strict=True):
         split[name] += bible_book_examples(verses)
-        split[name] += verse_next_examples(verses, f"cloze:kjv:{name}", seed)
+        split[name] += testament_examples(verses, f"testament:{name}", seed)
     for name, dialogues in zip(("train", "test"), chat_split(seed), strict=True):
         split[name] += chat_examples(dialogues)
     return split

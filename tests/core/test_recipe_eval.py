@@ -84,20 +84,24 @@ def test_evaluate_scores_every_row_of_a_real_checkpoint(tiny_checkpoint, recipe_
     test = tmp_path / "test.jsonl"
     prepare.write_jsonl(test, evaluate.read_rows(root / "instruct/test.jsonl") + open_rows)
     result = evaluate.evaluate(tiny_checkpoint, test, 4, limit=3)
-    labelled = ("bible_book", "speaker", "next_words", "verse_next")
-    assert result["n"] == {**dict.fromkeys(labelled, 3), "open": 3}
+    labelled = ("bible_book", "speaker", "testament")
+    assert result["n"] == {**dict.fromkeys(labelled, 3), "named": 3, "open": 3}
     for answer in result["answers"]:
         row_ok = answer["ok"]
         assert isinstance(answer["answer"], str) and row_ok in (True, False)
     assert set(result["accuracy"]) == set(result["n"])
-    assert result["scoring"] == {**dict.fromkeys(labelled, "rank"), "open": "exact"}
+    assert result["scoring"] == {
+        **dict.fromkeys(labelled, "rank"),
+        "named": "exact",
+        "open": "exact",
+    }
     assert result["accuracy"]["speaker"] == result["rank_accuracy"]["speaker"]
     assert result["accuracy"]["open"] == result["generation_accuracy"]["open"]
     ranked = [a for a in result["answers"] if a["task"] in labelled]
-    assert len(ranked) == 12 and all(a["rank_ok"] == (a["rank_pick"] == a["gold"]) for a in ranked)
+    assert len(ranked) == 9 and all(a["rank_ok"] == (a["rank_pick"] == a["gold"]) for a in ranked)
     quick = evaluate.evaluate(tiny_checkpoint, test, 4, 3, False)
     assert quick["rank_accuracy"] == result["rank_accuracy"] and quick["n"] == result["n"]
-    assert set(quick["generation_accuracy"]) == {"open"}
+    assert set(quick["generation_accuracy"]) == {"named", "open"}
     assert [a.get("answer") is None for a in quick["answers"]] == [t in labelled
                                                                   for t in quick["n"] for _ in "abc"]  # fmt: skip
 

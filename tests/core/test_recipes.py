@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -109,47 +110,55 @@ def test_instruction_test_inputs_are_never_trained_on(recipe_dir):
     train = rows(root / "instruct/train.jsonl") + rows(root / "instruct/val.jsonl")
     seen = {(r["instruction"], r["input"]) for r in train}
     test = rows(root / "instruct/test.jsonl")
-    assert {r["task"] for r in test} == {"bible_book", "speaker", "next_words", "verse_next"}
+    assert {r["task"] for r in test} == {"bible_book", "speaker", "named", "testament"}
     assert all((r["instruction"], r["input"]) not in seen for r in test)
     assert manifest["instruct"]["tasks"]["chat_reply"]["train"] > 0
     # label tasks are balanced over their answers (up to an equal share each), so always giving
     # the majority answer is no shortcut
-    for task in ("bible_book", "speaker"):
+    for task in ("bible_book", "speaker", "testament"):
         answers = Counter(r["output"] for r in test if r["task"] == task)
         share = -(-prepare.Sizes().instruct_test_per_task // len(answers))
         assert len(answers) > 1 and max(answers.values()) <= share, (task, answers)
 
 
-WORDS = ["sun", "moon", "Star", "star", "sea", "sky"]
+def test_play_names_are_cast_words_used_as_names_never_in_lower_case():
+    hamlet = tasks.names("hamlet")
+    assert {"Hamlet", "Horatio", "Ophelia", "Polonius", "Denmark"} <= hamlet
+    # in the cast list, but the speeches also use them in lower case ("the king", "a friend")
+    assert not {"King", "Friend", "Prince", "Queen", "Lord"} & hamlet
+    assert not {"Ham", "Hor"} & hamlet  # abbreviated speaker headings are not names in the text
+    assert {"Shylock", "Venice"} <= tasks.names("merchant_of_venice")
 
 
-def test_cloze_options_are_the_gold_word_and_distinct_distractors_in_a_seeded_order():
-    pairs = [(f"line {i} ends with", w) for i, w in enumerate(WORDS)]
-    examples = tasks.cloze("next_words", pairs, "k", seed=0)
-    assert examples == tasks.cloze("next_words", pairs, "k", seed=0)
-    for (prefix, word), example in zip(pairs, examples, strict=True):
-        options = example.labels
-        assert example.input == prefix and example.output == word and word in options
-        assert len({o.lower() for o in options}) == 4 and set(options) <= {w for _, w in pairs}
-        assert example.instruction.endswith(f"Answer with one of: {', '.join(options)}.")
-    assert len({e.labels.index(e.output) for e in examples}) > 1  # the gold moves around
-    assert tasks.cloze("next_words", pairs[:2], "k", 0) == []  # too few words for 4 options
-    assert tasks.continuation("And so I bid you all good night, sweet lords.") == (
-        "And so I bid you all good night, sweet",
-        "lords",
-    )
-    assert tasks.continuation("Too short a line.") is None
-    assert tasks.continuation("one two three four five six seven --") is None
+def test_named_examples_name_exactly_one_known_name_which_is_the_answer():
+    play = corpora.read_play("julius_caesar")
+    known = tasks.names("julius_caesar")
+    examples = tasks.named_examples("julius_caesar", play.scenes[:4])
+    assert len(examples) > 10
+    for e in examples:
+        found = {w for w in known if re.search(rf"\b{w}\b", e.input)}
+        assert found == {e.output}, (e.input, found)
+        assert e.instruction == tasks.INSTRUCTIONS["named"].format(title=play.title)
+        assert not e.labels  # scored by exact match of the greedy answer
+
+
+def test_testament_examples_are_balanced_and_labelled_by_book():
+    verses = [v for v in corpora.read_bible() if v.book in ("Genesis", "Ruth", "Matthew")]
+    examples = tasks.testament_examples(verses, "k", seed=0)
+    assert examples == tasks.testament_examples(verses, "k", seed=0)
+    n_new = sum(v.book == "Matthew" and len(v.text) >= 40 for v in verses)
+    assert Counter(e.output for e in examples) == {"Old Testament": n_new, "New Testament": n_new}
+    book = {v.text: v.book for v in verses}
+    for e in examples:
+        assert e.output == ("New Testament" if book[e.input] == "Matthew" else "Old Testament")
+        assert e.labels == tasks.TESTAMENTS and len(e.input) >= 40
 
 
 def test_instruction_tasks_have_answerable_rows(recipe_dir):
     root, _ = recipe_dir
     test = rows(root / "instruct/test.jsonl")
-    for row in (r for r in test if r["task"] in ("next_words", "verse_next")):
-        assert len({o.lower() for o in row["labels"]}) == 4 and row["output"] in row["labels"]
-        assert row["output"].isalpha() or "'" in row["output"]  # no punctuation to give it away
-    positions = Counter(r["labels"].index(r["output"]) for r in test if r["task"] == "next_words")
-    assert len(positions) == 4
+    for row in (r for r in test if r["task"] == "named"):
+        assert re.search(rf"\b{row['output']}\b", row["input"]) and not row["labels"]
     for row in (r for r in test if r["task"] == "speaker"):
         before, reply = row["input"].split("\n")
         assert reply.startswith("?: ") and not before.startswith(row["output"] + ":")
