@@ -57,10 +57,10 @@ class Demo:
     # last ones score 44.4%
     keep_best: dict[str, bool] = field(default_factory=lambda: {"plays": False, "instruct": True})
     smol_instruct_steps: int = 700  # SmolLM2 steps take ~3 s on one thread
-    demo_instruct_steps: int = 800  # 1.7 epochs of the 7,500-row instruction mix
+    demo_instruct_steps: int = 800  # 2 epochs of the 6,265-row instruction mix
     demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)
     # SmolLM2 answers at ~1 s a row on one thread: rows per task for plays / instruct.
-    smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 250, "instruct": 40})
+    smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 250, "instruct": 80})
     # Greedy answers to SmolLM2's label rows (generation accuracy beside rank accuracy) cost most
     # of its evaluation time; off, its label tasks are scored by rank classification only.
     smol_label_generation: bool = False
