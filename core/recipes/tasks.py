@@ -192,14 +192,20 @@ def speaker_examples(
 
 def names(key: str, min_count: int = 2) -> frozenset[str]:
     """Proper names of a play: the words of its front matter (title, cast list, setting),
-    title-cased, that its speeches use capitalised at least `min_count` times and never in
-    lower case (so 'Lord' or 'Which' are not names); persons, and places like Rome or Venice."""
+    title-cased, that its speeches use capitalised at least `min_count` times, never in lower
+    case (so 'Lord' or 'Which' are not names) and mostly without an article (so 'the Jew', 39 of
+    67 uses, is not one); persons, and places like Rome or Venice."""
     play = corpora.read_play(key)
     spoken = " ".join(line for s in play.scenes for sp in s.speeches for line in sp.lines)
     lower = set(re.findall(r"\b[a-z]+\b", spoken))
     used = Counter(re.findall(r"\b[A-Z][a-z]+\b", spoken))
+    after_article = Counter(re.findall(r"\b(?:[Tt]he|[Aa]n?) ([A-Z][a-z]+)\b", spoken))
     cast = {w.title() for w in re.findall(r"[A-Za-z]+", play.front)}
-    return frozenset(w for w in cast if used[w] >= min_count and w.lower() not in lower)
+    return frozenset(
+        w
+        for w in cast
+        if used[w] >= min_count and w.lower() not in lower and after_article[w] * 2 < used[w]
+    )
 
 
 def named_examples(key: str, scenes: list[corpora.Scene]) -> list[Example]:

@@ -128,6 +128,8 @@ def test_play_names_are_cast_words_used_as_names_never_in_lower_case():
     assert not {"King", "Friend", "Prince", "Queen", "Lord"} & hamlet
     assert not {"Ham", "Hor"} & hamlet  # abbreviated speaker headings are not names in the text
     assert {"Shylock", "Venice"} <= tasks.names("merchant_of_venice")
+    assert "Jew" not in tasks.names("merchant_of_venice")  # mostly "the Jew": not a name
+    assert {"Montague", "Capulet"} <= tasks.names("romeo_and_juliet")  # sometimes "the Montague"
 
 
 def test_named_examples_name_exactly_one_known_name_which_is_the_answer():
