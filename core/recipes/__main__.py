@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", default="models", help="where checkpoints go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-minutes", type=float, help="pre-training budget (default 28)")
-    parser.add_argument("--only", choices=("demo", "smollm2"), help="task/instruct: one model only")
+    parser.add_argument(
+        "--only", choices=("demo", "smollm2"), help="task/instruct: one model only; eval: its kind"
+    )
     parser.add_argument("--reuse", action="store_true", help="skip results/checkpoints that exist")
     parser.add_argument("--model", help="eval: a model source (checkpoint dir or 'default')")
     parser.add_argument("--split", choices=("plays", "instruct"), help="eval: which held-out set")
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain": lambda: run.step_pretrain(demo),
         "task": lambda: run.step_task(demo, models),
         "instruct": lambda: run.step_instruct(demo, models),
-        "eval": lambda: run.step_eval(demo, args.model, args.split, args.name),
+        "eval": lambda: run.step_eval(demo, args.model, args.split, args.only, args.name),
         "report": lambda: run.step_report(demo),
         "all": lambda: run.step_all(demo),
     }

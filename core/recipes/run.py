@@ -130,15 +130,18 @@ def step_pretrain(demo: Demo) -> None:
     save_result(demo, "pretrain", result)
 
 
-def run_eval(demo: Demo, source: str | Path, split: str, name: str) -> dict[str, Any]:
+def run_eval(demo: Demo, source: str | Path, split: str, kind: str, name: str) -> dict[str, Any]:
+    """Score `source` on a split's held-out rows as `results/<name>.json`; `kind` ("demo" or
+    "smollm2") sets the row limit, greedy answers to label rows and channel scoring."""
     done = demo.path("results", f"{name}.json")
     if demo.reuse and done.exists():
         print(f"{name}: reusing {done}", flush=True)
         return json.loads(done.read_text(encoding="utf-8"))
     test = need(demo.path(split, "test.jsonl"), "prepare")
-    limit = demo.demo_test_limit if "demo" in name else demo.smol_test_limits[split]
-    generate = "demo" in name or demo.smol_label_generation
-    use_channel = split == "plays" and ("demo" in name or demo.smol_channel)
+    demo_kind = kind == "demo"
+    limit = demo.demo_test_limit if demo_kind else demo.smol_test_limits[split]
+    generate = demo_kind or demo.smol_label_generation
+    use_channel = split == "plays" and (demo_kind or demo.smol_channel)
     channel = tasks.PLAY_CHANNEL_PROMPT if use_channel else None
     result = evaluate.evaluate(source, test, demo.max_new_tokens, limit, generate, channel)
     save_result(demo, name, result)
@@ -162,11 +165,13 @@ def fitting(path: Path, model_dir: Path) -> Path:
     return target
 
 
-def step_eval(demo: Demo, source: str | None, split: str | None, name: str | None) -> None:
-    """One evaluation, e.g. to rerun a result; the name decides the row limit (demo-* or not)."""
-    if not (source and split and name):
-        raise RecipeError("eval needs --model, --split and --name (e.g. plays-smollm2-before).")
-    run_eval(demo, source, split, name)
+def step_eval(demo: Demo, source: str | None, split: str | None, kind: str | None,
+              name: str | None) -> None:  # fmt: skip
+    """One evaluation, e.g. to rerun a result."""
+    if not (source and split and kind and name):
+        raise RecipeError("eval needs --model, --split, --only (the model kind: demo or "
+                          "smollm2) and --name (e.g. plays-smollm2-before).")  # fmt: skip
+    run_eval(demo, source, split, kind, name)
 
 
 def finetune(demo: Demo, init: str | Path, split: str, out: str, settings: dict) -> None:
@@ -192,28 +197,30 @@ def step_task(demo: Demo, models: tuple[str, ...] = ("demo", "smollm2")) -> None
     save_result(demo, "plays-ngram-baseline", evaluate.ngram_baseline(*plays))
     if "demo" in models:
         pretrained = need(demo.model(PRETRAINED), "pretrain")
-        run_eval(demo, pretrained, "plays", "plays-demo-before")
+        run_eval(demo, pretrained, "plays", "demo", "plays-demo-before")
         finetune(demo, pretrained, "plays", PLAYS_FT, demo.demo_finetune)
-        run_eval(demo, demo.model(PLAYS_FT), "plays", "plays-demo-after")
+        run_eval(demo, demo.model(PLAYS_FT), "plays", "demo", "plays-demo-after")
     if "smollm2" in models:
-        run_eval(demo, "default", "plays", "plays-smollm2-before")
+        run_eval(demo, "default", "plays", "smollm2", "plays-smollm2-before")
         finetune(demo, "default", "plays", SMOL_PLAYS_FT, demo.smol_finetune)
-        run_eval(demo, demo.model(SMOL_PLAYS_FT), "plays", "plays-smollm2-after")
+        run_eval(demo, demo.model(SMOL_PLAYS_FT), "plays", "smollm2", "plays-smollm2-after")
 
 
 def step_instruct(demo: Demo, models: tuple[str, ...] = ("demo", "smollm2")) -> None:
     """Instruction fine-tuning of the demo model and of SmolLM2 on the mixed set, before/after."""
     if "demo" in models:
         pretrained = need(demo.model(PRETRAINED), "pretrain")
-        run_eval(demo, pretrained, "instruct", "instruct-demo-before")
+        run_eval(demo, pretrained, "instruct", "demo", "instruct-demo-before")
         settings = {**demo.demo_finetune, "max_steps": demo.demo_instruct_steps}
         finetune(demo, pretrained, "instruct", INSTRUCT_FT, settings)
-        run_eval(demo, demo.model(INSTRUCT_FT), "instruct", "instruct-demo-after")
+        run_eval(demo, demo.model(INSTRUCT_FT), "instruct", "demo", "instruct-demo-after")
     if "smollm2" in models:
-        run_eval(demo, "default", "instruct", "instruct-smollm2-before")
+        run_eval(demo, "default", "instruct", "smollm2", "instruct-smollm2-before")
         settings = {**demo.smol_finetune, "max_steps": demo.smol_instruct_steps}
         finetune(demo, "default", "instruct", SMOL_INSTRUCT_FT, settings)
-        run_eval(demo, demo.model(SMOL_INSTRUCT_FT), "instruct", "instruct-smollm2-after")
+        run_eval(
+            demo, demo.model(SMOL_INSTRUCT_FT), "instruct", "smollm2", "instruct-smollm2-after"
+        )
 
 
 def step_report(demo: Demo) -> str:

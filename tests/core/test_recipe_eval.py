@@ -216,3 +216,17 @@ def test_fitting_drops_rows_longer_than_the_checkpoint_context(tiny_checkpoint, 
     prepare.write_jsonl(tmp_path / "train.jsonl", rows)
     kept = evaluate.read_rows(run.fitting(tmp_path / "train.jsonl", tiny_checkpoint))
     assert kept == rows[:1]
+
+
+def test_eval_cli_names_what_is_missing_and_writes_nothing(tmp_path, capsys):
+    from core.recipes.__main__ import main
+
+    data = tmp_path / "data"
+    assert (
+        main(["eval", "--data", str(data), "--model", "x", "--split", "plays", "--name", "y"]) == 2
+    )
+    assert "--only (the model kind: demo or smollm2)" in capsys.readouterr().err
+    args = ["eval", "--data", str(data), "--model", "x", "--split", "plays", "--only", "demo"]
+    assert main([*args, "--name", "y"]) == 2  # no prepared data: says which step to run first
+    assert "run `python -m core.recipes prepare` first" in capsys.readouterr().err
+    assert not data.exists()
