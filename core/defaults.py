@@ -1,5 +1,4 @@
-"""Where the offline defaults live: the packaged SmolLM2-135M-Instruct GGUF, the cache folder of
-what we build on first use, and what this CPU can do."""
+"""Where the offline defaults live: the packaged SmolLM2-135M-Instruct GGUF."""
 
 from __future__ import annotations
 
@@ -36,22 +35,3 @@ def smollm2_gguf_path() -> Path:
 def hub_offline() -> bool:
     """True when HF_HUB_OFFLINE forbids the Hugging Face hub (as huggingface_hub reads it)."""
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def cache_dir(name: str) -> Path:
-    """~/.cache/scratchgpt/<name> (SCRATCHGPT_CACHE moves the root): compiled kernels, int8
-    embedders; not created here."""
-    root = os.environ.get("SCRATCHGPT_CACHE") or Path.home() / ".cache" / "scratchgpt"
-    return Path(root) / name
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags /proc/cpuinfo lists (avx2, fma, avx512_bf16, ...); none off Linux."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 
-from core.defaults import cpu_flags
 from ingest import onnx_int8
 
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -33,7 +32,8 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 
 def cpu_has_native_bf16() -> bool:
     """True when /proc/cpuinfo advertises AVX512-BF16 or AMX-BF16 (Linux only)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    flags = _cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_has_fbgemm() -> bool:
@@ -44,7 +44,15 @@ def cpu_has_fbgemm() -> bool:
 
     if platform.machine() not in ("x86_64", "AMD64"):
         return False
-    return "fbgemm" in torch.backends.quantized.supported_engines and "avx2" in cpu_flags()
+    return "fbgemm" in torch.backends.quantized.supported_engines and "avx2" in _cpu_flags()
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return fh.read()
+    except OSError:
+        return ""
 
 
 def default_model_path() -> str:

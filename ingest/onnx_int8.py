@@ -25,14 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from core.defaults import cache_dir
-
 EXPORT_FORMAT = 1  # bump when the export or quantisation settings change
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SCRATCHGPT_CACHE") or Path.home() / ".cache" / "scratchgpt"
+    return Path(root) / "embeddings"
 
 
 def _key(model_path: str) -> str:
@@ -52,7 +55,7 @@ def _key(model_path: str) -> str:
 
 def quantized_model(st_model: Any, model_path: str) -> Path:
     """The cached int8 ONNX file of `st_model`'s encoder, exported and quantised on first use."""
-    target = cache_dir("embeddings") / f"minilm-{_key(model_path)}-int8.onnx"
+    target = cache_dir() / f"minilm-{_key(model_path)}-int8.onnx"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,6 @@ from pathlib import Path
 
 import torch
 
-from core.defaults import cache_dir, cpu_flags
-
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16
@@ -43,11 +41,27 @@ _tried = False
 reason = "not loaded yet"  # why the kernel is off, for logs and `python -m core info`
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SCRATCHGPT_CACHE") or Path.home() / ".cache" / "scratchgpt"
+    return Path(root) / "kernels"
+
+
 def build(target_dir: Path | None = None) -> Path:
     """Compile cpu.c (if not already built for this source and these flags); the .so path."""
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target_dir = target_dir or cache_dir("kernels")
+    target_dir = target_dir or cache_dir()
     target = target_dir / f"cpu-{digest}.so"
     if target.exists():
         return target
@@ -77,7 +91,7 @@ def _load() -> ctypes.CDLL | None:
         if os.environ.get("SCRATCHGPT_KERNELS", "1").lower() in ("0", "off", "false", "no"):
             reason = "disabled by SCRATCHGPT_KERNELS"
             return None
-        if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= cpu_flags():
+        if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= _cpu_flags():
             reason = "this CPU lacks AVX2+FMA"
             return None
         try:
