@@ -36,7 +36,8 @@ class Sizes:
     plays_test_per_label: int = 50
     instruct_train_per_task: int = 1500
     # held-out rows per instruction task (fewer where the held-out scenes give fewer): at 60 a
-    # 2-label task's standard error is 6 points, at 150 it is 4; SmolLM2 answers the first 80
+    # 2-label task's standard error is 6 points, at 150 it is 4 (SmolLM2 answers fewer:
+    # `run.Demo.smol_test_limits`)
     instruct_test_per_task: int = 150
     val_fraction: float = 0.05
 

@@ -31,6 +31,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 
 from core.recipes import corpora
@@ -190,6 +191,10 @@ def speaker_examples(
     return examples
 
 
+_CAPITALISED = re.compile(r"\b[A-Z][a-z]+\b")
+
+
+@lru_cache(maxsize=64)
 def names(key: str, min_count: int = 2) -> frozenset[str]:
     """Proper names of a play: the words of its front matter (title, cast list, setting),
     title-cased, that its speeches use capitalised at least `min_count` times, never in lower
@@ -198,7 +203,7 @@ def names(key: str, min_count: int = 2) -> frozenset[str]:
     play = corpora.read_play(key)
     spoken = " ".join(line for s in play.scenes for sp in s.speeches for line in sp.lines)
     lower = set(re.findall(r"\b[a-z]+\b", spoken))
-    used = Counter(re.findall(r"\b[A-Z][a-z]+\b", spoken))
+    used = Counter(_CAPITALISED.findall(spoken))
     after_article = Counter(re.findall(r"\b(?:[Tt]he|[Aa]n?) ([A-Z][a-z]+)\b", spoken))
     cast = {w.title() for w in re.findall(r"[A-Za-z]+", play.front)}
     return frozenset(
@@ -217,7 +222,7 @@ def named_examples(key: str, scenes: list[corpora.Scene]) -> list[Example]:
     for scene in scenes:
         for speech in scene.speeches:
             for text in passages(speech, min_chars=60, max_lines=3, max_chars=200):
-                found = {w for w in re.findall(r"\b[A-Z][a-z]+\b", text) if w in known}
+                found = {w for w in _CAPITALISED.findall(text) if w in known}
                 if len(found) == 1:
                     examples.append(Example("named", instruction, text, found.pop()))
     return examples
@@ -248,12 +253,18 @@ def bible_book_examples(verses: list[corpora.Verse]) -> list[Example]:
     ]
 
 
+@lru_cache(maxsize=1)
+def new_testament_books() -> frozenset[str]:
+    """The KJV's books from Matthew on (it lists them in canonical order)."""
+    bible = corpora.read_bible()
+    first_new = next(i for i, v in enumerate(bible) if v.book == "Matthew")
+    return frozenset(v.book for v in bible[first_new:])
+
+
 def testament_examples(verses: list[corpora.Verse], key: str, seed: int) -> list[Example]:
     """'Old or New Testament?' for verses of at least 40 characters; the Old Testament verses
     are a seeded sample as many as the New's, so each answer is half the examples."""
-    bible = corpora.read_bible()
-    first_new = next(i for i, v in enumerate(bible) if v.book == "Matthew")
-    new_books = {v.book for v in bible[first_new:]}
+    new_books = new_testament_books()
     instruction = INSTRUCTIONS["testament"].format(options=", ".join(TESTAMENTS))
     long = [v for v in verses if len(v.text) >= 40]
     new = [v for v in long if v.book in new_books]
