@@ -7,7 +7,7 @@ Held-out material is chosen by unit, never by example, so near-duplicates cannot
   chat    dialogues are split whole (chit-chat replies are trained on but not scored).
 
 Tasks (every answer is short, so greedy decoding can be scored):
-  plays        (task fine-tuning)  "Which play is this passage from?"  5 labels, chance 1/5.
+  plays        (task fine-tuning)  "Which play is this passage from?"  10 labels, chance 1/10.
   bible_book   (instruction)       "Which book of the Bible is this verse from?"  5 labels.
   speaker      (instruction)       "Who answers?": the speech before (with its speaker) and the first
                                    lines of the reply; 4 named options (the play's main speakers).
@@ -36,7 +36,12 @@ from itertools import pairwise
 
 from core.recipes import corpora
 
-TASK_PLAYS = ("hamlet", "macbeth", "romeo_and_juliet", "julius_caesar", "merchant_of_venice")
+# "Which play?" asks about ten plays (chance 1/10); the instruction tasks about people in plays
+# (speaker, named) use the first five. Held-out scenes are drawn per play, so they are the same
+# scenes whichever tuple a play is in.
+TASK_PLAYS = ("hamlet", "macbeth", "romeo_and_juliet", "julius_caesar", "merchant_of_venice",
+              "lear", "othello", "tempest", "twelfth_night", "much_ado_about_nothing")  # fmt: skip
+INSTRUCT_PLAYS = TASK_PLAYS[:5]
 BIBLE_BOOKS = ("Genesis", "Psalms", "Proverbs", "Matthew", "Revelation")
 TESTAMENTS = ("Old Testament", "New Testament")
 HELD_OUT_FRACTION = 0.15
@@ -51,8 +56,8 @@ PLAY_PROMPT = "Which play is this passage from? Answer with one of: {options}.\n
 # training on the task (SmolLM2 scores 44% zero-shot this way); training the demo on both
 # directions at once pulled both scores down (29% instead of 44%), so fine-tuning is one-way.
 PLAY_CHANNEL_PROMPT = "Write a passage from {label}."
-# Up to 6 lines of one speech, 120-200 characters: with the ~70-token prompt that fits the demo
-# model's 256-token context. Shorter passages carry too little to tell the plays apart (a
+# Up to 6 lines of one speech, 120-200 characters: with the ~100-token prompt (ten options)
+# that fits the demo model's 256-token context. Shorter passages carry too little to tell the plays apart (a
 # character n-gram naive Bayes scores 54% on 80-130 characters, 61% on these). Training and
 # validation passages start at every line (overlapping windows); held-out passages tile their
 # speeches, so no held-out line is scored twice.
@@ -295,7 +300,7 @@ def chat_split(seed: int) -> tuple[list[list[str]], list[list[str]]]:
 
 
 def instruction_examples(
-    seed: int, plays: tuple[str, ...] = TASK_PLAYS
+    seed: int, plays: tuple[str, ...] = INSTRUCT_PLAYS
 ) -> dict[str, list[Example]]:
     """The mixed instruction set, {"train": [...], "test": [...]}, all tasks, unsampled."""
     split: dict[str, list[Example]] = {"train": [], "test": []}

@@ -82,7 +82,7 @@ def test_prepare_is_deterministic(recipe_dir, tmp_path):
 def test_held_out_play_lines_are_in_no_training_file_nor_the_pretraining_text(recipe_dir):
     root, manifest = recipe_dir
     test = rows(root / "plays/test.jsonl")
-    assert len(test) == 250 and manifest["plays"]["chance"] == pytest.approx(0.2)
+    assert len(test) == 500 and manifest["plays"]["chance"] == pytest.approx(0.1)
     assert set(manifest["plays"]["per_label"]["test"].values()) == {50}
     trained = rows(root / "plays/train.jsonl") + rows(root / "plays/val.jsonl")
     train = {r["prompt"] for r in trained} | {r["completion"] for r in trained}
@@ -103,6 +103,14 @@ def test_pretraining_text_keeps_the_training_scenes(recipe_dir):
     for i, scene in enumerate(play.scenes):
         line = next(line for sp in scene.speeches for line in sp.lines if len(line) > 30)
         assert (line in hamlet) == (i not in skipped), (i, line)
+
+
+def test_a_plays_held_out_scenes_do_not_depend_on_the_other_task_plays():
+    # the pre-training text drops the held-out scenes of every "which play?" play; the instruction
+    # tasks hold out the scenes of their own plays, which must be the same scenes
+    assert set(tasks.INSTRUCT_PLAYS) < set(tasks.TASK_PLAYS)
+    for key in tasks.INSTRUCT_PLAYS:
+        assert tasks.held_out_scenes(0, (key,))[key] == tasks.held_out_scenes(0)[key]
 
 
 def test_instruction_test_inputs_are_never_trained_on(recipe_dir):
@@ -176,11 +184,11 @@ def test_play_validation_comes_from_scenes_never_trained_on(recipe_dir):
 def test_plays_training_rows_are_balanced_questions(recipe_dir):
     root, _ = recipe_dir
     train = rows(root / "plays/train.jsonl")
-    assert len(train) == 5 * prepare.Sizes().plays_train_per_label
-    assert set(Counter(r["completion"] for r in train).values()) == {720}
+    assert len(train) == len(tasks.TASK_PLAYS) * prepare.Sizes().plays_train_per_label
+    assert set(Counter(r["completion"] for r in train).values()) == {420}
     assert all("\n\nPassage: " in r["prompt"] for r in train)
     assert (
-        evaluate.ngram_baseline(root / "plays/train.jsonl", root / "plays/test.jsonl")["n"] == 250
+        evaluate.ngram_baseline(root / "plays/train.jsonl", root / "plays/test.jsonl")["n"] == 500
     )
 
 
