@@ -64,8 +64,8 @@ class Demo:
     # Greedy answers to SmolLM2's label rows (generation accuracy beside rank accuracy) cost most
     # of its evaluation time; off, its label tasks are scored by rank classification only.
     smol_label_generation: bool = False
-    # Channel scoring of 250 plays rows costs SmolLM2 ~9 min on one thread; off, only the demo's
-    # plays rows are channel-scored
+    # Channel scoring costs SmolLM2 ~0.4 s per row and play on one thread (9 min for 250 rows of
+    # five plays, so ~18 min for ten); off, only the demo's plays rows are channel-scored
     smol_channel: bool = False
     max_new_tokens: int = 10
     reuse: bool = False  # keep results and fine-tuned checkpoints that already exist

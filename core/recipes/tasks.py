@@ -53,8 +53,10 @@ PLAY_VAL_FRACTION = 0.1
 PLAY_PROMPT = "Which play is this passage from? Answer with one of: {options}.\n\nPassage: {line}"
 # Noisy-channel scoring (Min et al. 2022), reported beside rank classification: each play is
 # scored by the log-probability of the passage as the reply to this prompt. It needs no
-# training on the task (SmolLM2 scores 44% zero-shot this way); training the demo on both
-# directions at once pulled both scores down (29% instead of 44%), so fine-tuning is one-way.
+# training on the task (on five plays SmolLM2 scored 44% zero-shot this way). On five plays the
+# demo fine-tuned on both directions at once scored 29% (one-way: 44%), and fine-tuned on this
+# direction alone (all 4,900 training windows) its channel score was 35%, so fine-tuning asks
+# "which play?" only.
 PLAY_CHANNEL_PROMPT = "Write a passage from {label}."
 # Up to 6 lines of one speech, 120-200 characters: with the ~100-token prompt (ten options)
 # that fits the demo model's 256-token context. Shorter passages carry too little to tell the plays apart (a
