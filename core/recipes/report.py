@@ -55,9 +55,12 @@ def _steps(results: Path, model_dir: str) -> str:
     if ft is None:
         return "—"
     kept = ft.get("best_step") if ft.get("settings", {}).get("keep_best") else None
-    best = (
-        f" (weights of step {kept}, the lowest val loss)" if kept not in (None, ft["step"]) else ""
-    )
+    if kept is None:
+        best = ""
+    elif kept == ft["step"]:
+        best = " (the last step's weights: its val loss was the lowest)"
+    else:
+        best = f" (weights of step {kept}, the lowest val loss)"
     return f"{ft['step']} steps{best}, {ft['elapsed_s'] / 60:.1f} min wall"
 
 

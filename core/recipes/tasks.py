@@ -59,10 +59,10 @@ PLAY_PROMPT = "Which play is this passage from? Answer with one of: {options}.\n
 # "which play?" only.
 PLAY_CHANNEL_PROMPT = "Write a passage from {label}."
 # Up to 6 lines of one speech, 120-200 characters: with the ~100-token prompt (ten options)
-# that fits the demo model's 256-token context. Shorter passages carry too little to tell the plays apart (a
-# character n-gram naive Bayes scores 54% on 80-130 characters, 61% on these). Training and
-# validation passages start at every line (overlapping windows); held-out passages tile their
-# speeches, so no held-out line is scored twice.
+# that fits the demo model's 256-token context. Shorter passages carry too little to tell the
+# plays apart (on five plays a character n-gram naive Bayes scored 54% on 80-130 characters,
+# 61% on these). Training and validation passages start at every line (overlapping windows);
+# held-out passages tile their speeches, so no held-out line is scored twice.
 PLAY_PASSAGE = {"min_chars": 120, "max_chars": 200, "max_lines": 6}
 PLAY_TRAIN_STRIDE = 1
 INSTRUCTIONS = {

@@ -230,3 +230,20 @@ def test_eval_cli_names_what_is_missing_and_writes_nothing(tmp_path, capsys):
     assert main([*args, "--name", "y"]) == 2  # no prepared data: says which step to run first
     assert "run `python -m core.recipes prepare` first" in capsys.readouterr().err
     assert not data.exists()
+
+
+def test_report_says_which_weights_a_fine_tune_kept(tmp_path):
+    from core.recipes import report
+
+    def steps(keep_best, best_step):
+        ft = {"step": 1000, "best_step": best_step, "elapsed_s": 600,
+              "settings": {"keep_best": keep_best}}  # fmt: skip
+        (tmp_path / "ft-m.json").write_text(json.dumps(ft), encoding="utf-8")
+        return report._steps(tmp_path, "m")
+
+    assert (
+        steps(True, 550) == "1000 steps (weights of step 550, the lowest val loss), 10.0 min wall"
+    )
+    assert "the last step's weights: its val loss was the lowest" in steps(True, 1000)
+    assert steps(False, 550) == "1000 steps, 10.0 min wall"  # keep-best off: the last weights
+    assert report._steps(tmp_path, "absent") == "—"
