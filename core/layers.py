@@ -263,10 +263,13 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = make_norm(config)
         self.mlp = FeedForward(config)
+        self.dropout = 0.0  # on each branch's output while training (`Decoder.dropout` sets it)
 
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
         cache: KVCache | None, layer: int, impl: str,
     ) -> torch.Tensor:  # fmt: skip
-        x = x + self.attn(self.ln_1(x), rope, cache, layer, impl)
-        return x + self.mlp(self.ln_2(x))
+        h = self.attn(self.ln_1(x), rope, cache, layer, impl)
+        x = x + (F.dropout(h, self.dropout) if self.training and self.dropout else h)
+        h = self.mlp(self.ln_2(x))
+        return x + (F.dropout(h, self.dropout) if self.training and self.dropout else h)

@@ -63,6 +63,19 @@ class Decoder(nn.Module):
             nn.init.zeros_(module.bias)
 
     @property
+    def dropout(self) -> float:
+        """Residual dropout while training (embeddings and each block's attention and MLP outputs,
+        as in GPT-2): a training setting, not part of the architecture; eval mode ignores it."""
+        return self.blocks[0].dropout if len(self.blocks) else 0.0
+
+    @dropout.setter
+    def dropout(self, p: float) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}.")
+        for block in self.blocks:
+            block.dropout = p
+
+    @property
     def attn_impl(self) -> str:
         return self._attn_impl
 
@@ -117,6 +130,8 @@ class Decoder(nn.Module):
                 self.rope_cos[start : start + T].to(x.dtype),
                 self.rope_sin[start : start + T].to(x.dtype),
             )
+        if self.training and self.dropout:
+            x = F.dropout(x, self.dropout)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, self._attn_impl)
         if cache is not None:

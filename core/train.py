@@ -315,6 +315,7 @@ SHARED_FLAGS = {  # flag -> type; each overrides the same key of --config / the 
     "warmup_steps": int, "max_steps": int, "weight_decay": float, "grad_clip": float,
     "eval_every": int, "eval_steps": int, "save_every": int, "val_fraction": float,
     "precision": str, "seed": int, "resume": str, "max_minutes": float, "block_size": int,
+    "dropout": float,
 }  # fmt: skip
 PRETRAIN_FLAGS = {"arch": str, "tokenizer": str, "vocab_size": int, "n_layer": int,
                   "n_head": int, "n_embd": int}  # fmt: skip

@@ -32,7 +32,9 @@ class Setup:
 
 
 def build(cfg: TrainConfig, resumed: Resumed | None) -> Setup:
-    return build_finetune(cfg, resumed) if cfg.mode == "finetune" else build_pretrain(cfg, resumed)
+    setup = build_finetune(cfg, resumed) if cfg.mode == "finetune" else build_pretrain(cfg, resumed)
+    setup.model.dropout = cfg.dropout
+    return setup
 
 
 def model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> ModelConfig:

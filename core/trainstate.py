@@ -76,6 +76,9 @@ class TrainConfig:
     # outweighs a 2-token answer twenty times; "example" averages each example's tokens first,
     # so every example counts the same (a mix of short-answer and long-reply tasks)
     loss_weighting: str = "token"
+    # residual dropout while training (`Decoder.dropout`); 0 for pre-training a small model on a
+    # large corpus, 0.1-0.2 against over-fitting a few thousand fine-tuning examples
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("pretrain", "finetune"):
@@ -87,6 +90,8 @@ class TrainConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise TrainError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got "
                              f"{self.loss_weighting!r}.")  # fmt: skip
+        if not 0.0 <= self.dropout < 1.0:
+            raise TrainError(f"dropout must be in [0, 1), got {self.dropout}.")
         if isinstance(self.data, str):
             self.data = [self.data]
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_steps",

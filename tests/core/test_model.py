@@ -151,6 +151,20 @@ def test_last_only_returns_final_position():
         torch.testing.assert_close(model(ids, last_only=True), model(ids)[:, -1:])
 
 
+def test_dropout_acts_while_training_only():
+    model = make(ARCHS["classic"])
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        plain = model(ids)
+        model.dropout = 0.3
+        torch.testing.assert_close(model(ids), plain)  # eval mode: the exact same function
+        model.train()
+        a, b = model(ids), model(ids)
+    assert (a - b).abs().max() > 1e-3 and (a - plain).abs().max() > 1e-3  # fresh masks each call
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        model.dropout = 1.0
+
+
 def test_context_overflow_is_a_clear_error():
     model = make(ARCHS["llama-gqa"])
     with pytest.raises(ContextLengthError, match="65 tokens exceed the model's context of 64"):

@@ -69,8 +69,10 @@ def test_a_tiny_model_overfits_one_batch(corpus, tokenizer_dir, tmp_path):
     assert result.losses[0] > 5 and result.losses[-1] < 0.05
 
 
-def test_resume_is_exact(corpus, tokenizer_dir, tmp_path):
-    cfg = tiny(corpus, tokenizer_dir, tmp_path / "straight", grad_accum=2)
+@pytest.mark.parametrize("dropout", [0.0, 0.2])  # dropout masks come from the restored RNG
+def test_resume_is_exact(corpus, tokenizer_dir, tmp_path, dropout):
+    cfg = tiny(corpus, tokenizer_dir, tmp_path / "straight", grad_accum=2, dropout=dropout)
+    assert trainsetup.build(cfg, None).model.dropout == dropout
     straight = train.train(cfg, progress_bar=False)
     half = dataclasses.replace(cfg, out=str(tmp_path / "halves"))
     first = train.train(half, progress_bar=False, stop_at=10)
@@ -236,6 +238,8 @@ def test_example_weighting_averages_each_example_before_the_batch(corpus, tokeni
     assert token.item() == pytest.approx((2 * rows[0] + 6 * rows[1]).item() / 8, abs=1e-5)
     with pytest.raises(TrainError, match="loss_weighting must be one of"):
         TrainConfig(loss_weighting="sentence")
+    with pytest.raises(TrainError, match=r"dropout must be in \[0, 1\), got 1.5"):
+        TrainConfig(dropout=1.5)
 
 
 def test_weight_decay_applies_to_matrices_only(corpus, tokenizer_dir):
