@@ -134,7 +134,10 @@ def step_pretrain(demo: Demo) -> None:
     corpus = need(demo.path("pretrain"), "prepare")
     out = demo.model(PRETRAINED)
     settings = {**demo.pretrain, "seed": demo.seed, "max_minutes": demo.pretrain_minutes}
-    train(["pretrain", "--data", str(corpus), "--out", str(out), *flags(settings)])
+    if demo.reuse and (out / "metrics.json").exists():
+        print(f"{PRETRAINED}: reusing {out}", flush=True)
+    else:
+        train(["pretrain", "--data", str(corpus), "--out", str(out), *flags(settings)])
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     baseline = evaluate.pretrain_baseline(
         [corpus], out, settings["val_fraction"], settings["block_size"]

@@ -217,6 +217,13 @@ def test_miniature_demo_end_to_end(tmp_path):
     demo.demo_finetune.update(max_steps=3, warmup_steps=1, batch_size=4, eval_every=3)
     run.step_prepare(demo)
     run.step_pretrain(demo)
+    weights = tmp_path / "models" / run.PRETRAINED / "model.safetensors"
+    trained = weights.stat().st_mtime_ns
+    (tmp_path / "data/results/pretrain.json").unlink()
+    demo.reuse = True  # the checkpoint is kept; its result is computed again
+    run.step_pretrain(demo)
+    assert weights.stat().st_mtime_ns == trained
+    demo.reuse = False
     run.step_task(demo, models=("demo",))
     text = run.step_report(demo)
     pre = json.loads((tmp_path / "data/results/pretrain.json").read_text())
