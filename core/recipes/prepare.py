@@ -28,11 +28,11 @@ from core.recipes.tasks import Example
 class Sizes:
     """How many examples to keep: per label for plays, per task for the instruction mix."""
 
-    # Twelfth Night's training scenes give 422 windows (Hamlet's 1,369): 420 of each play keep
-    # the training set balanced. Merchant of Venice's held-out scenes give 51 passages, so the
+    # Twelfth Night's training scenes give 1,205 windows (Hamlet's 2,867): 1,205 of each play
+    # keep the training set balanced. Merchant of Venice's held-out scenes give 51 passages, so the
     # balanced test set has 500 rows. Validation windows come from their own scenes (The
     # Tempest's give 12).
-    plays_train_per_label: int = 420
+    plays_train_per_label: int = 1205
     plays_val_per_label: int = 40
     plays_test_per_label: int = 50
     instruct_train_per_task: int = 1500

@@ -95,6 +95,26 @@ def test_held_out_play_lines_are_in_no_training_file_nor_the_pretraining_text(re
         assert line[:50] not in corpus, f"held-out line seen in pre-training: {line!r}"
 
 
+def test_training_windows_run_across_speeches_and_held_out_passages_stay_in_one(recipe_dir):
+    root, _ = recipe_dir
+    play = corpora.read_play("macbeth")
+    speeches = [" ".join(sp.lines) for s in play.scenes for sp in s.speeches]
+    scenes = [" ".join(line for sp in s.speeches for line in sp.lines) for s in play.scenes]
+
+    def passages(split: str) -> list[str]:
+        found = rows(root / f"plays/{split}.jsonl")
+        return [r["prompt"].split("Passage: ", 1)[1] for r in found if r["completion"] == "Macbeth"]
+
+    def in_one_speech(text: str) -> bool:
+        return any(text in speech for speech in speeches)
+
+    train, test = passages("train"), passages("test")
+    assert all(any(t in scene for scene in scenes) for t in train)
+    across = [t for t in train if not in_one_speech(t)]
+    assert 0.2 < len(across) / len(train) < 0.9  # windows over turns between speakers, and within
+    assert len(test) == 50 and all(in_one_speech(t) for t in test)
+
+
 def test_pretraining_text_keeps_the_training_scenes(recipe_dir):
     root, manifest = recipe_dir
     hamlet = " ".join((root / "pretrain/hamlet.txt").read_text(encoding="utf-8").split())
