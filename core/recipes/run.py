@@ -26,8 +26,9 @@ class RecipeError(RuntimeError):
 @dataclass
 class Demo:
     """Paths and budgets of the demo. Measured on a 2-core CPU: pre-training alone (two threads)
-    21 min; then, side by side on one thread each, the demo's plays fine-tune with its
-    evaluations 27 min and its instruction tuning 21 min; SmolLM2's steps ~95 min."""
+    28 min (its time cap); then, side by side on one thread each, the demo's plays fine-tune
+    17 min and its evaluations 6 min, its instruction tuning with evaluations 19 min; SmolLM2's
+    steps ~95 min."""
 
     data: str = "data/recipes"
     models: str = "models"
