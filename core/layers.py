@@ -254,6 +254,11 @@ class FeedForward(nn.Module):
         return self.proj(h)
 
 
+def residual_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout with probability `p` while training; otherwise (or at p = 0) `x` itself, untouched."""
+    return F.dropout(x, p) if training and p else x
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x))."""
 
@@ -270,6 +275,6 @@ class Block(nn.Module):
         cache: KVCache | None, layer: int, impl: str,
     ) -> torch.Tensor:  # fmt: skip
         h = self.attn(self.ln_1(x), rope, cache, layer, impl)
-        x = x + (F.dropout(h, self.dropout) if self.training and self.dropout else h)
+        x = x + residual_dropout(h, self.dropout, self.training)
         h = self.mlp(self.ln_2(x))
-        return x + (F.dropout(h, self.dropout) if self.training and self.dropout else h)
+        return x + residual_dropout(h, self.dropout, self.training)

@@ -16,6 +16,7 @@ from core.layers import (
     Linear,
     linear,
     make_norm,
+    residual_dropout,
     rope_tables,
     sinusoidal_table,
 )
@@ -130,8 +131,7 @@ class Decoder(nn.Module):
                 self.rope_cos[start : start + T].to(x.dtype),
                 self.rope_sin[start : start + T].to(x.dtype),
             )
-        if self.training and self.dropout:
-            x = F.dropout(x, self.dropout)
+        x = residual_dropout(x, self.dropout, self.training)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, self._attn_impl)
         if cache is not None:
