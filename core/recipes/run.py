@@ -29,7 +29,7 @@ class Demo:
     28 min (its time cap); then, side by side on one thread each, the demo's plays fine-tune
     17 min and its evaluations 6 min, its instruction tuning with evaluations 19 min; SmolLM2's
     plays step (two threads) 42 min, 13 of them evaluating 500 rows twice, its instruction step
-    about 75 min."""
+    about an hour (52 min of it training, see `smol_instruct`)."""
 
     data: str = "data/recipes"
     models: str = "models"
@@ -90,9 +90,11 @@ class Demo:
         "max_steps": 800,  # 2 epochs of the 6,265-row instruction mix
     })  # fmt: skip
     demo_test_limit: int | None = None  # held-out rows per task for the demo model (None: all)
-    # SmolLM2 answers at ~1 s a row on one thread: rows per task for plays (all 500, the demo's
-    # rows) / instruct.
-    smol_test_limits: dict[str, int] = field(default_factory=lambda: {"plays": 500, "instruct": 80})
+    # SmolLM2 answers at ~1 s a row on one thread: held-out rows per task (None: all, the rows
+    # the demo is scored on)
+    smol_test_limits: dict[str, int | None] = field(
+        default_factory=lambda: {"plays": None, "instruct": 80}
+    )
     # Greedy answers to SmolLM2's label rows (generation accuracy beside rank accuracy) cost most
     # of its evaluation time; off, its label tasks are scored by rank classification only.
     smol_label_generation: bool = False
