@@ -54,7 +54,7 @@ bench: $(DEV_STAMP)
 # Issue 6 demo: prepare corpora splits, pre-train `classic` on CPU (<= 20 min), fine-tune the demo
 # model and SmolLM2 (task + instruction), evaluate before/after; tables in data/recipes/results/.
 train-demo: $(DEV_STAMP)
-	$(PY) -m core.recipes all
+	$(PY) -m recipes all
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check .

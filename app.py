@@ -3,7 +3,8 @@
 Settings (environment variables, all optional):
   GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   where to listen (127.0.0.1:7860)
   SCRATCHGPT_MODELS_DIR      checkpoints offered in the model selector (models)
-  SCRATCHGPT_DATA            embedded Chroma store (data/chroma); CHROMA_HOST/CHROMA_PORT use a server
+  SCRATCHGPT_DATA            embedded Chroma store (data/chroma)
+  CHROMA_HOST / CHROMA_PORT  use a Chroma server instead of the embedded store
   SCRATCHGPT_LIBRARY         a shared read-only collection every session searches (unset: none)
   SCRATCHGPT_SESSION_TTL     seconds before an idle session's documents are removed (3600)
   SCRATCHGPT_MAX_NEW_TOKENS  server cap on reply length (512)
@@ -22,7 +23,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import ingest
-from webapp.chat import ChatService, Limits
+from webapp.chat import ChatLimits, ChatService
 from webapp.documents import Library, start_sweeper
 from webapp.models import ModelRegistry
 from webapp.ui import build_demo
@@ -38,13 +39,13 @@ def main() -> None:
         path=os.environ.get("SCRATCHGPT_DATA") or None,
         shared=os.environ.get("SCRATCHGPT_LIBRARY") or None,
         ttl_s=float(env_int("SCRATCHGPT_SESSION_TTL", 3600)),
-        limits=ingest.Limits(max_bytes=upload_mb * 1024 * 1024),
+        limits=ingest.FileLimits(max_bytes=upload_mb * 1024 * 1024),
     )
     start_sweeper(library, every_s=min(60.0, library.ttl_s / 4))
     service = ChatService(
         ModelRegistry(os.environ.get("SCRATCHGPT_MODELS_DIR", "models")),
         library,
-        limits=Limits(
+        limits=ChatLimits(
             max_new_tokens=env_int("SCRATCHGPT_MAX_NEW_TOKENS", 512),
             max_prompt_tokens=env_int("SCRATCHGPT_MAX_PROMPT_TOKENS", 4096),
         ),
@@ -57,7 +58,8 @@ def main() -> None:
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=env_int("GRADIO_SERVER_PORT", 7860),
-        max_file_size=f"{upload_mb + 1}mb",  # a little headroom: our own check gives the clear message
+        # a little headroom: our own size check gives the clearer message
+        max_file_size=f"{upload_mb + 1}mb",
         share=False,
     )
 

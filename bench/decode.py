@@ -7,8 +7,9 @@ Prints tokens/s, time to first token and peak extra memory, with the ratio ours 
     .venv/bin/python bench/decode.py [--new-tokens 128] [--threads 2] [--dtypes fp32,bf16]
 
 `--profile` adds, per dtype, where one greedy step's time goes (the weight matmuls through
-`core.layers.linear`, against everything else, with the top torch ops of the rest) and how far
-the step is from the memory-bandwidth limit: weight bytes / (bytes per second a sum over 1 GiB reads).
+`core.kernels.linear`, against everything else, with the top torch ops of the rest) and how far
+the step is from the memory-bandwidth limit: weight bytes / (bytes per second a sum over 1 GiB
+reads).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,9 +30,8 @@ import torch
 
 from bench.forward import load_reference
 from core import kernels
-from core.decode import beam_search, stream_tokens
-from core.engine import LLM
-from core.layers import linear
+from core.generate.decode import beam_search, stream_tokens
+from core.generate.engine import LLM
 
 PROMPT = (
     "Summarise the following notes for a colleague. ScratchGPT is a chat and retrieval app whose "
@@ -86,7 +87,7 @@ def run_ours(llm: LLM, ids: list[int], mode: str, n: int, seed: int = 0):
     else:
         kwargs = SAMPLING if mode == "sample" else {}
         stream = stream_tokens(llm.model, ids, max_new_tokens=n, **kwargs)
-    with llm.layout_for(mode):  # beam search switches to row-major matrices: timed too
+    with kernels.batched(llm.model) if mode == "beam" else nullcontext():  # timed too
         for _ in stream:
             first = first or time.perf_counter()
     return time.perf_counter() - start, first - start
@@ -142,15 +143,17 @@ def profile(llm: LLM, ids: list[int], label: str, steps: int = 24) -> None:
         for _ in range(5):
             start = time.perf_counter()
             for w, x in zip(mats, xs, strict=True):
-                linear(x, w)
+                kernels.linear(x, w)
             best = min(best, time.perf_counter() - start)
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
                 next(stream)
     bandwidth = read_bandwidth()
     limit = bandwidth / weight_bytes
-    print(f"\n{label}: one greedy step {step * 1e3:.1f} ms = {1 / step:.1f} tok/s; weights "
-          f"{weight_bytes / 2**20:.0f} MiB; kernel {kernels.reason}")  # fmt: skip
+    print(
+        f"\n{label}: one greedy step {step * 1e3:.1f} ms = {1 / step:.1f} tok/s; weights "
+        f"{weight_bytes / 2**20:.0f} MiB; kernel {kernels.status()}"
+    )
     print(
         f"  weight matmuls alone {best * 1e3:.1f} ms ({best / step:.0%} of the step), "
         f"{weight_bytes / best / 1e9:.1f} GB/s; everything else {(step - best) * 1e3:.1f} ms"
@@ -195,8 +198,18 @@ def main() -> None:
                     with PeakRSS() as mem_ours:
                         best["ours"] = min(best["ours"], run_ours(ours, ids, mode, n))
                 (t_ours, ttft_ours), (t_theirs, ttft_theirs) = best["ours"], best["theirs"]
-                rows.append((label, mode, n / t_ours, n / t_theirs, ttft_ours, ttft_theirs,
-                             mem_ours.extra_mb, mem_theirs.extra_mb))  # fmt: skip
+                rows.append(
+                    (
+                        label,
+                        mode,
+                        n / t_ours,
+                        n / t_theirs,
+                        ttft_ours,
+                        ttft_theirs,
+                        mem_ours.extra_mb,
+                        mem_theirs.extra_mb,
+                    )
+                )
         if args.profile:
             profile(ours, ids, label)
         del ours, theirs
@@ -204,11 +217,15 @@ def main() -> None:
         f"\ngeneration, prompt {len(ids)} tokens, {n} new tokens, {args.threads} threads, "
         f"best of {args.repeats}, torch {torch.__version__}"
     )
-    print(f"{'dtype':<5} {'mode':<7} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} "
-          f"{'ours TTFT':>9} {'hf TTFT':>8} {'ours +MB':>8} {'hf +MB':>7}")  # fmt: skip
+    print(
+        f"{'dtype':<5} {'mode':<7} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} "
+        f"{'ours TTFT':>9} {'hf TTFT':>8} {'ours +MB':>8} {'hf +MB':>7}"
+    )
     for label, mode, ours_tps, hf_tps, ttft_o, ttft_h, mem_o, mem_h in rows:
-        print(f"{label:<5} {mode:<7} {ours_tps:>10.1f} {hf_tps:>9.1f} {ours_tps / hf_tps:>6.2f} "
-              f"{ttft_o:>8.3f}s {ttft_h:>7.3f}s {mem_o:>8.0f} {mem_h:>7.0f}")  # fmt: skip
+        print(
+            f"{label:<5} {mode:<7} {ours_tps:>10.1f} {hf_tps:>9.1f} {ours_tps / hf_tps:>6.2f} "
+            f"{ttft_o:>8.3f}s {ttft_h:>7.3f}s {mem_o:>8.0f} {mem_h:>7.0f}"
+        )
 
 
 if __name__ == "__main__":

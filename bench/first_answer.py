@@ -78,8 +78,15 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(args.port)}
     start = time.perf_counter()
-    make = subprocess.Popen(["make", "run"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=open(ROOT / "first_answer.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115  # fmt: skip
+    log = open(ROOT / "first_answer.log", "w")  # noqa: SIM115 (open for the app's whole life)
+    make = subprocess.Popen(
+        ["make", "run"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         while True:
             if make.poll() is not None:
@@ -96,7 +103,8 @@ def main() -> None:
         apps = [p for p in children(make.pid) if "app.py" in Path(f"/proc/{p}/cmdline").read_text()]
         peak = max((peak_kib(p) for p in apps), default=0) / 1024
         print(
-            f"| step | seconds since `make run` |\n|---|---|\n| listening on {url} | {listening:.1f} |"
+            "| step | seconds since `make run` |\n|---|---|\n"
+            f"| listening on {url} | {listening:.1f} |"
         )
         print(f"| first streamed piece of the first answer | {asked - start + first:.1f} |")
         print(f"| full first answer | {total:.1f} |\n\napp peak RSS (VmHWM): {peak:.0f} MiB")

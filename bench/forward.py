@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from core.defaults import smollm2_gguf_path
-from core.engine import LLM
+from core.generate.engine import LLM
+from core.load import smollm2_gguf_path
 
 TEXT = (
     "ScratchGPT is a browser chat and retrieval app whose language model is a transformer written "

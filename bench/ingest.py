@@ -1,11 +1,11 @@
-"""Ingestion and query benchmark for `ingest`; prints tables of ratios against baselines in this run.
+"""Ingestion and query benchmark for `ingest`: tables of ratios against baselines in this run.
 
 1. End-to-end ingest of a 200-page text PDF (child-process parse, chunk, embed, Chroma write) vs the
    bare fp32 `SentenceTransformer.encode` of the same chunks, with the default ("auto") embedder,
    an fp32 one and (where auto runs int8 on ONNX Runtime) torch's int8.
 2. Query latency p50/p95 and recall@5 against exact search, at 10k and 100k chunks of real
-   embeddings (KJV verses and Shakespeare lines, cached under data/bench/), for Chroma's default HNSW
-   settings and ours (`ingest.store.HNSW`).
+   embeddings (KJV verses and Shakespeare lines, cached under data/bench/), for Chroma's default
+   HNSW settings and ours (`ingest.store.HNSW`).
 
 Usage: python bench/ingest.py [--pages 200] [--sizes 10000 100000] [--queries 200] [--skip-ingest]
                              [--repeats 3]
@@ -79,7 +79,7 @@ def bench_ingest(n_pages: int, repeats: int) -> None:
     bare = SentenceTransformer(embedders["auto"].model_path, device="cpu")
     bare.encode(chunks[:8])
     best = dict.fromkeys(["bare", *embedders], float("inf"))
-    for _ in range(repeats):  # interleaved, best of each: this VM's speed drifts by ~10%
+    for _ in range(repeats):  # interleaved, best of each: this VM's speed drifts between runs
         for label, embedder in embedders.items():
             with (
                 tempfile.TemporaryDirectory() as tmp,
@@ -101,8 +101,10 @@ def bench_ingest(n_pages: int, repeats: int) -> None:
             embedder = embedders[label]
             name += f" = {embedder.precision}"
             name += f" ({embedder.backend})" if embedder.precision == "int8" else ""
-        print(f"| {name} | {seconds:.1f} | {n_pages / seconds:.2f} | "
-              f"{result.n_chunks / seconds:.2f} | {best['bare'] / seconds:.2f} |")  # fmt: skip
+        print(
+            f"| {name} | {seconds:.1f} | {n_pages / seconds:.2f} | "
+            f"{result.n_chunks / seconds:.2f} | {best['bare'] / seconds:.2f} |"
+        )
 
 
 def corpus_embeddings(n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +163,8 @@ def bench_query(n: int, n_queries: int) -> None:
         p50, p95 = np.percentile(times, [50, 95])
         base_p95 = base_p95 or p95
         print(
-            f"| {label} | {p50:.2f} | {p95:.2f} | {recall / len(queries):.3f} | {p95 / base_p95:.2f} |"
+            f"| {label} | {p50:.2f} | {p95:.2f} | {recall / len(queries):.3f} "
+            f"| {p95 / base_p95:.2f} |"
         )
 
 

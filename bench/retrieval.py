@@ -45,8 +45,12 @@ def main() -> None:
     print("| embedder | MMR | questions | hit@5 | MRR@5 | index s | hit@5 vs fp32 | MRR vs fp32 |")
     print("|---|---|---|---|---|---|---|---|")
     base = None
-    runs = [("fp32", False, "auto"), ("auto", False, "auto"), ("int8", False, "torch"),
-            ("fp32", True, "auto")]  # fmt: skip
+    runs = [
+        ("fp32", False, "auto"),
+        ("auto", False, "auto"),
+        ("int8", False, "torch"),
+        ("fp32", True, "auto"),
+    ]
     for precision, mmr, backend in runs:
         result, seconds = run(precision, mmr, backend)
         base = base if base is not None else result

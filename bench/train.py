@@ -30,16 +30,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 
-from core import data
 from core.model import Decoder
 from core.tokenizer import Tokenizer
-from core.train import train
-from core.trainsetup import model_config
-from core.trainstate import TrainConfig
+from core.train import data
+from core.train.config import TrainConfig
+from core.train.loop import train
+from core.train.setup import model_config
 
-WORDS = ["the", "king", "queen", "castle", "horse", "rides", "night", "day", "love", "war",
-         "sword", "crown", "sings", "speaks", "of", "to", "and", "my", "thy", "lord", "lady",
-         "hath", "doth", "fair", "foul", "sweet", "good", "noble", "gentle", "heaven", "earth"]  # fmt: skip
+WORDS = [
+    "the",
+    "king",
+    "queen",
+    "castle",
+    "horse",
+    "rides",
+    "night",
+    "day",
+    "love",
+    "war",
+    "sword",
+    "crown",
+    "sings",
+    "speaks",
+    "of",
+    "to",
+    "and",
+    "my",
+    "thy",
+    "lord",
+    "lady",
+    "hath",
+    "doth",
+    "fair",
+    "foul",
+    "sweet",
+    "good",
+    "noble",
+    "gentle",
+    "heaven",
+    "earth",
+]
 
 
 def make_corpus(directory: Path) -> tuple[Path, Path]:
@@ -53,11 +83,23 @@ def make_corpus(directory: Path) -> tuple[Path, Path]:
 
 def settings(corpus: Path, tok: Path, out: Path, args, precision: str) -> TrainConfig:
     return TrainConfig(
-        data=[str(corpus)], out=str(out), tokenizer=str(tok), n_layer=args.n_layer, n_head=4,
-        n_embd=args.n_embd, block_size=args.block_size, batch_size=args.batch_size,
-        max_steps=args.steps, warmup_steps=2, lr=1e-3, eval_every=10**6, save_every=10**6,
-        val_fraction=0.0, precision=precision, seed=1,
-    )  # fmt: skip
+        data=[str(corpus)],
+        out=str(out),
+        tokenizer=str(tok),
+        n_layer=args.n_layer,
+        n_head=4,
+        n_embd=args.n_embd,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        warmup_steps=2,
+        lr=1e-3,
+        eval_every=10**6,
+        save_every=10**6,
+        val_fraction=0.0,
+        precision=precision,
+        seed=1,
+    )
 
 
 def plain_loop(cfg: TrainConfig, device: torch.device) -> float:
@@ -100,10 +142,12 @@ def measure(label: str, precision: str, args, workdir: Path) -> list[tuple]:
     corpus, tok = workdir / "corpus.txt", workdir / "tok"
     cfg = settings(corpus, tok, workdir / f"out-{precision}", args, precision)
     if precision == "bf16" and not torch.cuda.is_available():
-        cfg = dataclasses.replace(cfg, max_steps=args.bf16_steps)  # CPU bf16 is ~10x slower
+        cfg = dataclasses.replace(cfg, max_steps=args.bf16_steps)  # CPU bf16 is emulated: slow
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    runs = {"ours (core.train)": lambda: train(cfg, progress_bar=False).tokens_per_s,
-            "plain nanoGPT loop": lambda: plain_loop(cfg, device)}  # fmt: skip
+    runs = {
+        "ours (core.train)": lambda: train(cfg, progress_bar=False).tokens_per_s,
+        "plain nanoGPT loop": lambda: plain_loop(cfg, device),
+    }
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # alternate, so load on the machine hits both alike
         for name, run in runs.items():
@@ -139,8 +183,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(
         f"\ntraining, classic {args.n_layer}x{args.n_embd}, block {args.block_size}, batch "
-        f"{args.batch_size}, {args.steps} steps ({args.bf16_steps} bf16 on CPU), {device}, {args.threads} threads, median of "
-        f"{args.repeats}, torch {torch.__version__}"
+        f"{args.batch_size}, {args.steps} steps ({args.bf16_steps} bf16 on CPU), {device}, "
+        f"{args.threads} threads, median of {args.repeats}, torch {torch.__version__}"
     )
     print(f"{'prec':<5} {'loop':<20} {'tokens/s':>10} {'ratio':>7} {'MFU':>6}")
     for prec, name, tps, ratio, mfu in rows:

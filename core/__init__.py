@@ -1,4 +1,4 @@
-"""ScratchGPT's model: config, layers, decoder, tokenizer, open-weight import, checkpoints, engine."""
+"""ScratchGPT's model: config, layers, decoder, tokenizer, weights import, checkpoints, loading."""
 
 from core.config import ConfigError, ModelConfig
 from core.model import ContextLengthError, Decoder

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from core.decode import MODES, GenerationSettings
-from core.logits import SettingsError
+from core.generate.logits import SettingsError
+from core.generate.settings import DEFAULTS, MODES, GenerationSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,15 +30,15 @@ def _parser() -> argparse.ArgumentParser:
             "--model", default="default", help="default, a .gguf, a checkpoint or HF dir"
         )
         p.add_argument("--dtype", default="auto", help="auto, fp32 or bf16")
-        p.add_argument("--mode", choices=MODES, default="greedy")
-        p.add_argument("--temperature", type=float, default=0.7)
-        p.add_argument("--top-k", type=int, default=50)
-        p.add_argument("--top-p", type=float, default=0.9)
-        p.add_argument("--repetition-penalty", type=float, default=1.0)
-        p.add_argument("--beams", type=int, default=4, help="beam width (mode beam)")
-        p.add_argument("--length-penalty", type=float, default=1.0)
+        p.add_argument("--mode", choices=MODES, default=DEFAULTS.mode)
+        p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
+        p.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
+        p.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
+        p.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty)
+        p.add_argument("--beams", type=int, default=DEFAULTS.num_beams, help="beam width (beam)")
+        p.add_argument("--length-penalty", type=float, default=DEFAULTS.length_penalty)
         p.add_argument("--early-stopping", action="store_true")
-        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
         p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
         p.add_argument("--seed", type=int, default=None)
     return parser
@@ -46,11 +46,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> GenerationSettings:
     settings = GenerationSettings(
-        mode=args.mode, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, num_beams=args.beams,
-        length_penalty=args.length_penalty, early_stopping=args.early_stopping,
-        max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), seed=args.seed,
-    )  # fmt: skip
+        mode=args.mode,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        num_beams=args.beams,
+        length_penalty=args.length_penalty,
+        early_stopping=args.early_stopping,
+        max_new_tokens=args.max_new_tokens,
+        stop=tuple(args.stop),
+        seed=args.seed,
+    )
     settings.validate()  # before the model loads: a bad flag fails in milliseconds
     return settings
 
@@ -59,13 +66,14 @@ def _print_stream(generation) -> None:
     for note in generation.notices:
         print(f"[{note}]", file=sys.stderr)
     for piece in generation:
-        print(piece, end="", flush=True)
+        print(piece.text, end="", flush=True)
     print()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from core.engine import LLM, ModelLoadError
+    from core.generate.engine import LLM
+    from core.load import ModelLoadError
 
     try:
         settings = _settings(args)

@@ -1,4 +1,4 @@
-"""Checkpoint directories (`model.safetensors` + `config.json` + `tokenizer.json`) and model building.
+"""Checkpoint directories (`model.safetensors`, `config.json`, `tokenizer.json`); model building.
 
 Nothing here unpickles: `.pt`/`.bin`/`.pth`/`.ckpt` files are refused. A model is built only after
 every tensor's name and shape has been checked, so a bad file never leaves a half-loaded model.
@@ -51,7 +51,8 @@ def check_state(config: ModelConfig, state: dict[str, torch.Tensor], source: str
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise CheckpointError(
-            f"{source}: unexpected tensor {unexpected[0]!r}; the config does not describe these weights."
+            f"{source}: unexpected tensor {unexpected[0]!r}; "
+            "the config does not describe these weights."
         )
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:
@@ -62,9 +63,13 @@ def check_state(config: ModelConfig, state: dict[str, torch.Tensor], source: str
 
 
 def build_model(
-    config: ModelConfig, state: dict[str, torch.Tensor], *, source: str,
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-) -> Decoder:  # fmt: skip
+    config: ModelConfig,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Decoder:
     """Validate `state` against `config`, then materialise a `Decoder` on `device` in `dtype`."""
     from accelerate import init_empty_weights
 
@@ -103,7 +108,7 @@ def save(model: Decoder, directory: str | Path, tokenizer: Any = None) -> Path:
 
 
 def load_state(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Any]:
-    """Read a checkpoint directory: (config, state dict, tokenizer or None). Validates nothing else."""
+    """Read a checkpoint directory: (config, state dict, tokenizer or None); validates nothing."""
     from safetensors import SafetensorError, safe_open
 
     from core.tokenizer import Tokenizer

@@ -8,41 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import kernels
 from core.config import ModelConfig
 
 ATTN_IMPLS = ("sdpa", "explicit")
-
-
-# --- linear maps ---------------------------------------------------------------------------
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x W^T + b. A few rows on CPU (decoding steps) go to our kernel (`core.kernels`); without
-    it, for fp32 with W stored row-major, computing (W x^T)^T streams W ~2.5x faster than
-    F.linear (bench/decode.py: beam search runs 4 rows per step)."""
-    y = kernels.linear(x, weight, bias)
-    if y is not None:
-        return y
-    if weight.dtype != x.dtype:  # bf16 weights, fp32 activations (CPU; see Decoder.forward)
-        weight = weight.to(x.dtype)
-        bias = bias.to(x.dtype) if bias is not None else None
-    rows = x.numel() // x.shape[-1]
-    if (
-        rows <= 16
-        and x.device.type == "cpu"
-        and weight.dtype == torch.float32
-        and weight.is_contiguous()
-    ):
-        y = torch.mm(weight, x.reshape(rows, -1).t()).t().contiguous()  # (rows, out)
-        y = y.view(*x.shape[:-1], weight.shape[0])
-        return y + bias if bias is not None else y
-    return F.linear(x, weight, bias)
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) whose forward picks the fastest kernel."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
 
 
 # --- normalisation -------------------------------------------------------------------------
@@ -73,9 +41,6 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = kernels.rms_norm(x, self.weight, self.eps)  # decoding steps: the same formula in C
-        if y is not None:
-            return y
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -89,7 +54,7 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 # --- positions -----------------------------------------------------------------------------
 def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
-    """PE[k, 2i] = sin(k / 10000^(2i/d)), PE[k, 2i+1] = cos(k / 10000^(2i/d)); shape (n_pos, dim)."""
+    """PE[k, 2i] = sin(k / 10000^(2i/d)), PE[k, 2i+1] = cos(k / 10000^(2i/d)); (n_pos, dim)."""
     k = torch.arange(n_pos, dtype=torch.float64)[:, None]  # (n_pos, 1)
     two_i = torch.arange(0, dim, 2, dtype=torch.float64)[None, :]  # (1, dim/2)
     angle = k / torch.pow(10000.0, two_i / dim)  # (n_pos, dim/2)
@@ -119,9 +84,14 @@ class KVCache:
     """Pre-allocated keys and values for every layer; `length` tokens are filled."""
 
     def __init__(
-        self, config: ModelConfig, batch_size: int, max_len: int, *,
-        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-    ) -> None:  # fmt: skip
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -154,7 +124,7 @@ def causal_mask(t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
 
 
 def attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d_head) + mask) V, written out; q (B, nh, T, hd), k/v (B, nkv, S, hd)."""
+    """softmax(Q K^T / sqrt(d_head) + mask) V written out; q (B, nh, T, hd), k/v (B, nkv, S, hd)."""
     n_rep = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(n_rep, dim=1)  # (B, nh, S, hd): each kv head serves n_rep query heads
     v = v.repeat_interleave(n_rep, dim=1)
@@ -181,8 +151,7 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     t_q, t_k = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     if t_q == 1:
-        # torch's CPU flash kernel spends ~5 ms on a single query over a strided cache; two small
-        # matmuls take microseconds.
+        # torch's fused kernel is slow for a single query over a strided cache; two matmuls are not
         return attention_one_query(q, k, v)
     if t_q == t_k:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
@@ -202,20 +171,31 @@ class CausalSelfAttention(nn.Module):
         )
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         # W_q, W_k, W_v stacked into one matrix: one matmul instead of three, same result.
-        self.qkv = Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.attn_bias)
-        self.proj = Linear(q_dim, config.n_embd, bias=config.attn_out_bias)  # W_O
+        self.qkv = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.attn_bias)
+        self.proj = nn.Linear(q_dim, config.n_embd, bias=config.attn_out_bias)  # W_O
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-        cache: KVCache | None, layer: int, impl: str,
-    ) -> torch.Tensor:  # fmt: skip
-        B, T, _ = x.shape
-        nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
+        impl: str,
+    ) -> torch.Tensor:
         qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
-        if cache is not None and T == 1 and impl == "sdpa":  # a decoding step: one C call
-            y = kernels.attend_one(qkv, rope, cache, layer, nh, nkv)
-            if y is not None:
-                return self.proj(y)
+        return self.proj(self.attend(qkv, rope, cache, layer, impl))
+
+    def attend(
+        self,
+        qkv: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
+        impl: str,
+    ) -> torch.Tensor:
+        """Projected q, k, v (B, T, (nh + 2 nkv) hd) -> attention output (B, T, nh hd)."""
+        B, T, _ = qkv.shape
+        nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         heads = qkv.view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh+2nkv, T, hd)
         if rope is not None:  # q and k heads rotated together: half the element-wise ops
             qk = apply_rope(heads[:, : nh + nkv], *rope)
@@ -225,8 +205,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hd), S = cached + T
         y = attention_explicit(q, k, v) if impl == "explicit" else attention_sdpa(q, k, v)
-        y = y.transpose(1, 2).reshape(B, T, nh * hd)  # heads side by side
-        return self.proj(y)
+        return y.transpose(1, 2).reshape(B, T, nh * hd)  # heads side by side
 
 
 # --- feed-forward --------------------------------------------------------------------------
@@ -237,8 +216,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.activation = config.activation
         n_in = 2 * config.ffn_hidden if config.activation == "swiglu" else config.ffn_hidden
-        self.fc = Linear(config.n_embd, n_in, bias=config.mlp_bias)  # [W_gate; W_up] for swiglu
-        self.proj = Linear(config.ffn_hidden, config.n_embd, bias=config.mlp_bias)
+        self.fc = nn.Linear(config.n_embd, n_in, bias=config.mlp_bias)  # [W_gate; W_up] for swiglu
+        self.proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
@@ -255,7 +234,7 @@ class FeedForward(nn.Module):
 
 
 def residual_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout with probability `p` while training; otherwise (or at p = 0) `x` itself, untouched."""
+    """Dropout with probability `p` while training; otherwise (or at p = 0) `x` untouched."""
     return F.dropout(x, p) if training and p else x
 
 
@@ -271,9 +250,13 @@ class Block(nn.Module):
         self.dropout = 0.0  # on each branch's output while training (`Decoder.dropout` sets it)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-        cache: KVCache | None, layer: int, impl: str,
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
+        impl: str,
+    ) -> torch.Tensor:
         h = self.attn(self.ln_1(x), rope, cache, layer, impl)
         x = x + residual_dropout(h, self.dropout, self.training)
         h = self.mlp(self.ln_2(x))

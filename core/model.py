@@ -13,8 +13,6 @@ from core.layers import (
     ATTN_IMPLS,
     Block,
     KVCache,
-    Linear,
-    linear,
     make_norm,
     residual_dropout,
     rope_tables,
@@ -49,7 +47,9 @@ class Decoder(nn.Module):
         self.ln_f = make_norm(config)
         # Tied embeddings reuse wte's matrix as the output head; untied ones own a separate one.
         self.lm_head = (
-            None if config.tied_embeddings else Linear(config.n_embd, config.vocab_size, bias=False)
+            None
+            if config.tied_embeddings
+            else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         )
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
@@ -87,11 +87,8 @@ class Decoder(nn.Module):
         self._attn_impl = value
 
     def activation_dtype(self) -> torch.dtype:
-        """bf16 weights compute in fp32 on CPU: x86 CPUs without native bf16 (AVX2 ones, like
-        these machines) emulate every bf16 op, and our matmul kernel widens bf16 weights in
-        registers, so the weights stream at half the bytes while the arithmetic stays fp32."""
-        p = self.wte.weight
-        return torch.float32 if p.device.type == "cpu" and p.dtype == torch.bfloat16 else p.dtype
+        """The dtype activations (and the KV cache) are computed in: the weights' own."""
+        return self.wte.weight.dtype
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         """An empty KV cache on this model's device, in its activation dtype."""
@@ -140,33 +137,11 @@ class Decoder(nn.Module):
             x = x[:, -1:]
         elif select is not None:
             x = x[select]  # (N, C)
-        x = self.ln_f(x)
-        weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        return linear(x, weight)  # (B, T, vocab)
+        return self.output(self.ln_f(x))  # (B, T, vocab)
 
-    @property
-    def layout(self) -> str:
-        """How matrices sit in memory: "row" (out, in), or "transposed" (in, out) behind an (out, in) view."""
-        return "row" if self.wte.weight.is_contiguous() else "transposed"
-
-    @torch.no_grad()
-    def set_layout(self, layout: str) -> Decoder:
-        """Re-store every matrix; values, names and shapes are unchanged.
-
-        fp32 batch-1 matmuls on CPU stream the transposed layout ~1.6x faster (greedy, sampling);
-        with 2-16 rows (beam search) row-major with `layers.linear` is ~3x faster than transposed.
-        Emulated bf16 kernels (CPUs without native bf16) are far slower transposed.
-        """
-        if layout not in ("row", "transposed"):
-            raise ValueError(f"layout must be 'row' or 'transposed', got {layout!r}.")
-        if layout == self.layout:
-            return self
-        for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
-                w = module.weight
-                new = w.contiguous() if layout == "row" else w.t().contiguous().t()
-                module.weight = nn.Parameter(new, requires_grad=w.requires_grad)
-        return self
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head: hidden states (..., C) -> logits (..., vocab), tied to wte or its own."""
+        return F.linear(x, self.wte.weight if self.lm_head is None else self.lm_head.weight)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -162,7 +162,7 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
-        """A directory with `tokenizer.json` and, optionally, `tokenizer_config.json` (ours or HF's)."""
+        """A dir with `tokenizer.json` and optionally `tokenizer_config.json` (ours or HF's)."""
         directory = Path(path)
         backend = _load_tokenizer_json(directory / TOKENIZER_FILE)
         config = _read_optional_json(directory / CONFIG_FILE)
@@ -191,7 +191,7 @@ class Tokenizer:
 
     # ----------------------------------------------------------------- text <-> ids
     def encode(self, text: str) -> list[int]:
-        """Token ids for `text`; special tokens written in the text stay whole, like transformers."""
+        """Token ids for `text`; special tokens written in the text stay whole (as transformers)."""
         if not isinstance(text, str):
             raise TokenizerError(f"can only encode str, got {type(text).__name__}.")
         return self.backend.encode(text, add_special_tokens=True).ids
@@ -277,15 +277,16 @@ def _gguf_pre_tokenizer(name: str | None) -> pre_tokenizers.PreTokenizer:
 
 
 def _respell_bytes(tokens: list[str]) -> list[str]:
-    """Some exporters store a token as raw text; BPE needs it in the byte alphabet, like its merges."""
+    """Some exporters store a token as raw text; BPE needs it in the byte alphabet (as merges)."""
     alphabet, spell = set(pre_tokenizers.ByteLevel.alphabet()), _BYTE_SPELLER.pre_tokenize_str
     return [t if set(t) <= alphabet else spell(t)[0][0] for t in tokens]
 
 
 def _add_gguf_tokens(backend: tokenizers.Tokenizer, tokens: list[str], types: list[int]) -> None:
-    """CONTROL tokens become special, USER_DEFINED plain added tokens, so both stay whole in text."""
+    """CONTROL tokens become special, USER_DEFINED plain added ones; both stay whole in text."""
     alphabet = set(pre_tokenizers.ByteLevel.alphabet())
-    # A control token spelled outside the byte alphabet is a llama.cpp mislabel; transformers skips it.
+    # A control token spelled outside the byte alphabet is a llama.cpp mislabel: transformers
+    # skips it.
     typed = list(zip(tokens, types, strict=False))
     control = [t for t, k in typed if k == _GGUF_CONTROL and set(t) <= alphabet]
     user = [t for t, k in typed if k == _GGUF_USER_DEFINED]
@@ -311,7 +312,7 @@ def _token_text(value: Any) -> str | None:
 
 
 def _pick_template(value: Any) -> str | None:
-    """HF configs hold one template or a list of named ones; the one named 'default' is the chat one."""
+    """HF configs hold one template or a list of named ones; the chat one is named 'default'."""
     if isinstance(value, list):
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         return named.get("default")

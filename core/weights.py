@@ -60,7 +60,8 @@ def config_from_hf(hf: dict[str, Any], path: Path) -> tuple[str, ModelConfig]:
                 or not hf.get("scale_attn_weights", True)
             ):
                 raise WeightsError(
-                    f"{path}: this GPT-2 variant (activation {act!r}, attention scaling) is not supported."
+                    f"{path}: this GPT-2 variant (activation {act!r}, attention scaling) "
+                    "is not supported."
                 )
             config = ModelConfig(
                 vocab_size=hf["vocab_size"],
@@ -116,7 +117,7 @@ def config_from_hf(hf: dict[str, Any], path: Path) -> tuple[str, ModelConfig]:
         raise WeightsError(f"{path}: config.json lacks the field {err.args[0]!r}.") from err
     except ConfigError as err:
         raise WeightsError(f"{path}: {err}") from err
-    return family, config  # fmt: skip
+    return family, config
 
 
 def _first(value: Any) -> int | None:
@@ -187,7 +188,7 @@ def load_hf_dir(path: str | Path) -> tuple[ModelConfig, Tensors, Any]:
 
 
 def _require(get: Callable[[str], torch.Tensor | None], *names: str) -> torch.Tensor:
-    """The first of `names` that exists (GPT-2 files come with and without a `transformer.` prefix)."""
+    """The first of `names` that exists (GPT-2 files come with and without `transformer.`)."""
     for name in names:
         tensor = get(name)
         if tensor is not None:
@@ -234,17 +235,23 @@ def _convert_gpt2(config: ModelConfig, get: Callable[[str], torch.Tensor | None]
         return _require(get, "transformer." + name, name)
 
     state = {
-        "wte.weight": t("wte.weight"), "wpe.weight": t("wpe.weight"),
-        "ln_f.weight": t("ln_f.weight"), "ln_f.bias": t("ln_f.bias"),
-    }  # fmt: skip
+        "wte.weight": t("wte.weight"),
+        "wpe.weight": t("wpe.weight"),
+        "ln_f.weight": t("ln_f.weight"),
+        "ln_f.bias": t("ln_f.bias"),
+    }
     for i in range(config.n_layer):
         p, a = f"h.{i}.", f"blocks.{i}."
         for ours, theirs in [("ln_1", "ln_1"), ("ln_2", "ln_2")]:
             state[f"{a}{ours}.weight"] = t(f"{p}{theirs}.weight")
             state[f"{a}{ours}.bias"] = t(f"{p}{theirs}.bias")
         # GPT-2's Conv1D stores weights as (in, out): transpose to nn.Linear's (out, in).
-        for ours, theirs in [("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                             ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")]:  # fmt: skip
+        for ours, theirs in [
+            ("attn.qkv", "attn.c_attn"),
+            ("attn.proj", "attn.c_proj"),
+            ("mlp.fc", "mlp.c_fc"),
+            ("mlp.proj", "mlp.c_proj"),
+        ]:
             state[f"{a}{ours}.weight"] = t(f"{p}{theirs}.weight").t().contiguous()
             state[f"{a}{ours}.bias"] = t(f"{p}{theirs}.bias")
     if not config.tied_embeddings:
@@ -279,17 +286,26 @@ def config_from_gguf(reader: Any, path: Path) -> ModelConfig:
     n_head, n_embd = meta("attention.head_count"), meta("embedding_length")
     try:
         return ModelConfig(
-            vocab_size=int(vocab), n_layer=meta("block_count"), n_head=n_head,
-            n_kv_head=meta("attention.head_count_kv", n_head), n_embd=n_embd,
+            vocab_size=int(vocab),
+            n_layer=meta("block_count"),
+            n_head=n_head,
+            n_kv_head=meta("attention.head_count_kv", n_head),
+            n_embd=n_embd,
             head_dim=meta("rope.dimension_count", n_embd // n_head),
-            ffn_hidden=meta("feed_forward_length"), block_size=meta("context_length"),
-            norm="rmsnorm", norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
-            position="rope", rope_theta=float(meta("rope.freq_base", 10000.0)), activation="swiglu",
-            attn_bias="blk.0.attn_q.bias" in names, norm_bias=False,
+            ffn_hidden=meta("feed_forward_length"),
+            block_size=meta("context_length"),
+            norm="rmsnorm",
+            norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
+            position="rope",
+            rope_theta=float(meta("rope.freq_base", 10000.0)),
+            activation="swiglu",
+            attn_bias="blk.0.attn_q.bias" in names,
+            norm_bias=False,
             tied_embeddings="output.weight" not in names,
             bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-            eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"), name=arch,
-        )  # fmt: skip
+            eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+            name=arch,
+        )
     except ConfigError as err:
         raise WeightsError(f"{path}: {err}") from err
 
@@ -327,11 +343,12 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, Tensors, Any]:
             return np.ascontiguousarray(value, dtype=np.float32)
         except (NotImplementedError, ValueError) as err:
             raise WeightsError(
-                f"{path}: tensor {name!r} ({tensor.tensor_type.name}) cannot be dequantized ({err})."
+                f"{path}: tensor {name!r} ({tensor.tensor_type.name}) "
+                f"cannot be dequantized ({err})."
             ) from err
 
     def qk(name: str, n_head: int) -> np.ndarray:
-        # llama.cpp permutes Q/K of llama-family models for its interleaved RoPE; qwen2 is stored as is.
+        # llama.cpp permutes llama-family Q/K for its interleaved RoPE; qwen2 is stored as is
         return _unpermute(t(name), n_head) if arch == "llama" else t(name)
 
     state: dict[str, np.ndarray] = {

@@ -21,7 +21,7 @@ from ingest.errors import (
     StoreUnavailableError,
     UnsupportedTypeError,
 )
-from ingest.loaders import Document, Limits, Page, load_document
+from ingest.loaders import Document, FileLimits, Page, load_document
 from ingest.retrieve import Hit, retrieve
 from ingest.store import AddResult, DocumentInfo, Store, collection_name
 
@@ -36,10 +36,10 @@ __all__ = [
     "EmbedderMismatchError",
     "EmptyFileError",
     "EncryptedPdfError",
+    "FileLimits",
     "FileTooLargeError",
     "Hit",
     "IngestError",
-    "Limits",
     "NoTextLayerError",
     "NotAPdfError",
     "Page",

@@ -44,7 +44,7 @@ def _add(store, files: list[str], max_pages: int) -> int:
     from tqdm import tqdm
 
     from ingest.errors import IngestError
-    from ingest.loaders import Limits
+    from ingest.loaders import FileLimits
 
     failed = 0
     for path in files:
@@ -56,7 +56,9 @@ def _add(store, files: list[str], max_pages: int) -> int:
                 bar.refresh()
 
             try:
-                result = store.add_file(path, limits=Limits(max_pages=max_pages), progress=progress)
+                result = store.add_file(
+                    path, limits=FileLimits(max_pages=max_pages), progress=progress
+                )
             except IngestError as exc:
                 failed += 1
                 bar.close()
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "list":
                 for doc in store.list_documents():
                     print(
-                        f"{doc.doc_hash[:12]}  {doc.n_pages:5d} pages  {doc.n_chunks:6d} chunks  {doc.source}"
+                        f"{doc.doc_hash[:12]}  {doc.n_pages:5d} pages  "
+                        f"{doc.n_chunks:6d} chunks  {doc.source}"
                     )
                 return 0
             if args.command == "delete":

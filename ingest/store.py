@@ -34,16 +34,15 @@ from ingest.errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
-from ingest.loaders import Document, Limits, load_document
+from ingest.loaders import Document, FileLimits, load_document
 
 DEFAULT_PATH = Path("data/chroma")
 JOURNAL = "ingest-journal"
-# Chroma's default ef_search (100) loses recall at 100k chunks; these were set from bench/ingest.py.
+# Chroma's default ef_search (100) loses recall at 100k chunks (bench/ingest.py, bench/README.md)
 HNSW = {"space": "cosine", "ef_construction": 200, "max_neighbors": 32, "ef_search": 200}
 EMBED_BATCH = 256
-STALE_JOURNAL_S = (
-    3600.0  # server mode: only roll back adds this old (other replicas may be mid-add)
-)
+# server mode: only roll back adds this old (other replicas may be mid-add)
+STALE_JOURNAL_S = 3600.0
 
 Progress = Callable[[int, int], None]  # (chunks written so far, total)
 
@@ -212,7 +211,8 @@ class Store:
             raise EmbedderMismatchError(
                 f"The documents of {self.owner!r} were indexed with {meta.get('embedder')} "
                 f"({meta.get('dimension')}-d), but this app embeds with {stamp['embedder']} "
-                f"({stamp['dimension']}-d); re-index: run `python -m ingest delete --all` and add the files again."
+                f"({stamp['dimension']}-d); re-index: run `python -m ingest delete --all` "
+                "and add the files again."
             )
         return col
 
@@ -247,14 +247,14 @@ class Store:
         source: str | Path | bytes,
         *,
         name: str | None = None,
-        limits: Limits | None = None,
+        limits: FileLimits | None = None,
         progress: Progress | None = None,
     ) -> AddResult:
         """Load, chunk, embed and store one file (a path, or bytes with their upload name)."""
         return self.add_document(load_document(source, name=name, limits=limits), progress)
 
     def add_document(self, document: Document, progress: Progress | None = None) -> AddResult:
-        """Add a loaded document whole, or not at all; a second add of the same content is a no-op."""
+        """Add a loaded document whole or not at all; adding the same content again is a no-op."""
         n_pages = len(document.pages) + len(document.empty_pages)
         with _collection_lock(self.collection.name):  # no two threads add the same file at once
             existing = self.find(document.doc_hash)
@@ -269,7 +269,8 @@ class Store:
                 n_pages,
                 0,
                 document.empty_pages,
-                f"{document.source!r} is already indexed (same content as {existing!r}); nothing added.",
+                f"{document.source!r} is already indexed (same content as {existing!r}); "
+                "nothing added.",
             )
         empty = ", ".join(str(p) for p in document.empty_pages)
         skipped = f"; no text on page(s) {empty}, skipped" if empty else ""
@@ -280,7 +281,8 @@ class Store:
             n_pages,
             len(chunks),
             document.empty_pages,
-            f"Added {document.source!r}: {len(document.pages)} pages, {len(chunks)} chunks{skipped}.",
+            f"Added {document.source!r}: {len(document.pages)} pages, "
+            f"{len(chunks)} chunks{skipped}.",
         )
 
     def _write(self, doc_hash: str, chunks: list[Chunk], progress: Progress | None) -> None:
@@ -361,7 +363,8 @@ class Store:
         ]
         if not matches:
             raise DocumentNotFoundError(
-                f"No document {document!r} in this collection; run `python -m ingest list` to see names."
+                f"No document {document!r} in this collection; "
+                "run `python -m ingest list` to see names."
             )
         removed = 0
         for doc in matches:

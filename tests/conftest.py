@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-from core.defaults import smollm2_gguf_path
+from core.load import smollm2_gguf_path
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def smollm2_gguf():
 @pytest.fixture(scope="session")
 def smollm2():
     """Our engine on the packaged SmolLM2 (loaded once per test session)."""
-    from core.engine import LLM
+    from core.generate.engine import LLM
 
     return LLM.load("default")
 

@@ -1,8 +1,9 @@
 """Chat logic without Gradio: a request (message, history, template, decoding settings) ->
 the exact prompt -> a stream of the growing reply with its sources.
 
-Flow: template (`core.prompts`) + retrieval (`webapp.documents.Library`, RAG only) -> messages ->
-`core.engine.LLM.stream`. Everything a client sends is checked or clamped here.
+One pass: `check` (message and settings, once) -> retrieval (`webapp.documents.Library`, RAG only)
+-> template (`core.generate.prompts`) -> `LLM.fit_prompt` (tokenized once: the ids "show prompt"
+displays) -> `LLM.start` -> pieces -> `Reply`. Everything a client sends is checked or clamped here.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core import prompts
-from core.decode import GenerationSettings
-from core.engine import LLM
-from core.logits import SettingsError
-from core.prompts import PromptError, Source
+from core.generate import prompts
+from core.generate.engine import LLM, Prompt
+from core.generate.logits import SettingsError
+from core.generate.prompts import PromptError, Source
+from core.generate.settings import DEFAULTS, GenerationSettings
 from ingest import Hit
 from webapp.documents import Library
 from webapp.models import ModelChoiceError, ModelRegistry
@@ -32,10 +33,11 @@ class ChatInputError(ValueError):
 
 
 @dataclass(frozen=True)
-class Limits:
+class ChatLimits:
     """Server-side caps: whatever a client sends is clamped or refused here."""
 
     max_new_tokens: int = 512
+    max_beams: int = 8
     max_message_chars: int = 8000
     max_prompt_tokens: int = 4096
     max_examples: int = 16
@@ -54,27 +56,44 @@ class ChatRequest:
     instruction: str = ""
     examples: Sequence[tuple[str, str]] = ()
     model: str = "default"
-    mode: str = "greedy"
-    temperature: float = 0.7
-    top_k: int = 50
-    top_p: float = 0.9
-    num_beams: int = 3
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 256
-    seed: int | None = None
+    mode: str = DEFAULTS.mode
+    temperature: float = DEFAULTS.temperature
+    top_k: int = DEFAULTS.top_k
+    top_p: float = DEFAULTS.top_p
+    num_beams: int = DEFAULTS.num_beams
+    repetition_penalty: float = DEFAULTS.repetition_penalty
+    max_new_tokens: int = DEFAULTS.max_new_tokens
+    seed: int | None = DEFAULTS.seed
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A request that passed `ChatService.check`: its message and validated decoding settings."""
+
+    request: ChatRequest
+    message: str
+    settings: GenerationSettings
 
 
 @dataclass
 class Prepared:
     """The exact prompt for a request: what "show prompt" displays and what the model reads."""
 
+    turn: Turn
     llm: LLM
     messages: list[dict[str, str]]
-    ids: list[int]
+    prompt: Prompt
     text: str
-    budget: int
     sources: list[Hit] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt.ids
+
+    @property
+    def budget(self) -> int:
+        return self.prompt.budget
 
 
 @dataclass(frozen=True)
@@ -147,44 +166,62 @@ def answer_markdown(reply: Reply) -> str:
 class ChatService:
     """Models, documents and limits: turns a `ChatRequest` into a streamed `Reply`."""
 
-    def __init__(self, models: ModelRegistry | None = None, library: Library | None = None,
-                 *, limits: Limits | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        models: ModelRegistry | None = None,
+        library: Library | None = None,
+        *,
+        limits: ChatLimits | None = None,
+    ) -> None:
         self.models = models or ModelRegistry()
         self.library = library
-        self.limits = limits or Limits()
+        self.limits = limits or ChatLimits()
 
     def settings(self, request: ChatRequest) -> GenerationSettings:
-        """Decoding settings with the server's cap on `max_new_tokens` applied."""
+        """Decoding settings with the server's cap on `max_new_tokens` applied, validated."""
         try:
             budget = int(request.max_new_tokens)
             seed = None if request.seed is None or int(request.seed) < 0 else int(request.seed)
-            return GenerationSettings(
-                mode=request.mode, temperature=float(request.temperature),
-                top_k=int(request.top_k), top_p=float(request.top_p),
-                num_beams=int(request.num_beams), repetition_penalty=float(request.repetition_penalty),
-                max_new_tokens=max(1, min(budget, self.limits.max_new_tokens)), seed=seed,
-            )  # fmt: skip
+            settings = GenerationSettings(
+                mode=request.mode,
+                temperature=float(request.temperature),
+                top_k=int(request.top_k),
+                top_p=float(request.top_p),
+                num_beams=int(request.num_beams),
+                repetition_penalty=float(request.repetition_penalty),
+                max_new_tokens=max(1, min(budget, self.limits.max_new_tokens)),
+                seed=seed,
+            )
         except (TypeError, ValueError) as err:
             raise ChatInputError(f"a decoding setting is not a number: {err}.") from err
+        try:
+            settings.validate(
+                max_new_tokens_cap=self.limits.max_new_tokens, max_beams=self.limits.max_beams
+            )
+        except SettingsError as err:
+            raise ChatInputError(str(err)) from err
+        return settings
 
-    def check(self, request: ChatRequest) -> str:
-        """The request's message, stripped; `ChatInputError` for what can be refused up front."""
+    def check(self, request: ChatRequest | Turn) -> Turn:
+        """The message and settings, checked once; `ChatInputError` for what is refused."""
+        if isinstance(request, Turn):
+            return request
         message = text_of(request.message).strip()
         if not message:
             raise ChatInputError("Type a message first: the message is empty.")
         if len(message) > self.limits.max_message_chars:
             raise ChatInputError(
-                f"The message has {len(message)} characters; the limit is {self.limits.max_message_chars}."
+                f"The message has {len(message)} characters; "
+                f"the limit is {self.limits.max_message_chars}."
             )
         if request.template not in TEMPLATES:
             raise ChatInputError(f"template must be one of {TEMPLATES}, got {request.template!r}.")
         if len(request.examples) > self.limits.max_examples:
             raise ChatInputError(f"Use at most {self.limits.max_examples} few-shot examples.")
-        return message
+        return Turn(request, message, self.settings(request))
 
-    def _messages(
-        self, request: ChatRequest, message: str, hits: list[Hit]
-    ) -> list[dict[str, str]]:
+    def _messages(self, turn: Turn, hits: list[Hit]) -> list[dict[str, str]]:
+        request, message = turn.request, turn.message
         system, history = request.system_prompt, conversation(request.history)
         if request.template == "zero-shot":
             return prompts.chat_messages(
@@ -199,57 +236,59 @@ class ChatService:
             return prompts.chat_messages(prompts.rag(message, sources), history, system)
         return prompts.chat_messages(message, history, system)
 
-    def retrieve(self, request: ChatRequest, session: str, message: str) -> list[Hit]:
-        if request.template != "rag":
+    def retrieve(self, turn: Turn, session: str) -> list[Hit]:
+        if turn.request.template != "rag":
             return []
         if self.library is None or not self.library.has_documents(session):
             raise ChatInputError(
-                "RAG answers from your documents, and none are indexed yet: upload a PDF, TXT or MD "
-                "file under Documents first, or switch the template to chat."
+                "RAG answers from your documents, and none are indexed yet: upload a PDF, TXT or "
+                "MD file under Documents first, or switch the template to chat."
             )
-        return self.library.search(session, message, self.limits.rag_sources)
+        return self.library.search(session, turn.message, self.limits.rag_sources)
 
-    def prepare(self, request: ChatRequest, session: str = "") -> Prepared:
-        """The exact prompt (retrieval included) without generating: for "show prompt"."""
-        message = self.check(request)
-        settings = self.settings(request)
+    def prepare(self, request: ChatRequest | Turn, session: str = "") -> Prepared:
+        """The exact prompt (retrieval included) without generating: what "show prompt" shows
+        and what `reply` decodes from."""
+        turn = self.check(request)
         try:
-            llm = self.models.get(request.model)
-            hits = self.retrieve(request, session, message)
-            ids, notices, messages = self._fit(llm, request, message, hits, settings.max_new_tokens)
+            llm = self.models.get(turn.request.model)
+            hits = self.retrieve(turn, session)
+            prompt, messages = self._fit(llm, turn, hits)
         except (SettingsError, PromptError, ModelChoiceError) as err:
             raise ChatInputError(str(err)) from err
-        budget = llm.prompt_budget(settings.max_new_tokens, self.limits.max_prompt_tokens)
-        text = llm.tokenizer.decode(ids, skip_special_tokens=False)
-        return Prepared(llm, messages, ids, text, budget, hits, notices)
+        text = llm.tokenizer.decode(prompt.ids, skip_special_tokens=False)
+        return Prepared(turn, llm, messages, prompt, text, hits, list(prompt.notices))
 
-    def _fit(self, llm: LLM, request: ChatRequest, message: str, hits: list[Hit],
-             max_new_tokens: int) -> tuple[list[int], list[str], list[dict[str, str]]]:  # fmt: skip
+    def _fit(self, llm: LLM, turn: Turn, hits: list[Hit]) -> tuple[Prompt, list[dict[str, str]]]:
         """Fit the prompt to the budget: old turns go first, then the lowest-ranked sources."""
         n_retrieved = len(hits)
+        max_new_tokens = turn.settings.max_new_tokens
         while True:
-            messages = self._messages(request, message, hits)
+            messages = self._messages(turn, hits)
             try:
-                ids, notices = llm.fit_prompt(
-                    messages, max_new_tokens, self.limits.max_prompt_tokens
-                )
+                prompt = llm.fit_prompt(messages, max_new_tokens, self.limits.max_prompt_tokens)
             except SettingsError:
                 if len(hits) <= 1:
                     raise
                 del hits[-1]  # the caller's list: Prepared.sources must match the prompt
                 continue
             if len(hits) < n_retrieved:
-                notices.append(
+                notice = (
                     f"Used the {len(hits)} best of {n_retrieved} sources to fit the prompt budget."
                 )
-            return ids, notices, messages
+                prompt = replace(prompt, notices=(*prompt.notices, notice))
+            return prompt, messages
 
-    def reply(self, request: ChatRequest, session: str = "",
-              cancel: threading.Event | None = None) -> Iterator[Reply]:  # fmt: skip
-        """Yield the reply so far after each decoded piece (beam search: the current best)."""
-        self.check(request)
+    def reply(
+        self,
+        request: ChatRequest | Turn,
+        session: str = "",
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Reply]:
+        """Yield the reply so far after each decoded piece (beam search: with its current best)."""
+        turn = self.check(request)
         if (
-            request.template == "rag"
+            turn.request.template == "rag"
             and self.library is not None
             and self.library.indexing(session)
         ):
@@ -258,20 +297,17 @@ class ChatService:
                 raise ChatInputError(
                     "Your documents are still being indexed; ask again in a minute."
                 )
-        prepared = self.prepare(request, session)
-        settings = self.settings(request)
-        try:
-            generation = prepared.llm.stream(
-                prepared.messages, settings, cancel=cancel,
-                max_prompt_tokens=self.limits.max_prompt_tokens,
-            )  # fmt: skip
-        except SettingsError as err:
-            raise ChatInputError(str(err)) from err
-        notes = tuple(dict.fromkeys([*prepared.notices, *generation.notices]))
-        reply = Reply("", tuple(prepared.sources), notes, model=prepared.llm.name)
-        for _ in generation:
-            text = generation.best_text if settings.mode == "beam" else generation.text
-            yield replace(reply, text=text)
-        text = generation.text or "(the model ended its turn without any text)"
-        yield replace(reply, text=text, done=True, finish_reason=generation.finish_reason,
-                      new_tokens=generation.new_tokens)  # fmt: skip
+        prepared = self.prepare(turn, session)
+        generation = prepared.llm.start(prepared.prompt, turn.settings, cancel)
+        reply = Reply("", tuple(prepared.sources), tuple(prepared.notices), model=prepared.llm.name)
+        text = ""
+        for piece in generation:
+            text += piece.text
+            yield replace(reply, text=text + piece.preview)
+        yield replace(
+            reply,
+            text=text or "(the model ended its turn without any text)",
+            done=True,
+            finish_reason=generation.finish_reason,
+            new_tokens=generation.new_tokens,
+        )

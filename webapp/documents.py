@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest import Embedder, Hit, IngestError, Limits, Store, retrieve
+from ingest import Embedder, FileLimits, Hit, IngestError, Store, retrieve
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
@@ -47,10 +47,17 @@ class _Session:
 class Library:
     """Session key -> owner -> Chroma collection, plus an optional shared read-only library."""
 
-    def __init__(self, *, path: str | Path | None = None, embedder: Embedder | None = None,
-                 shared: str | None = None, ttl_s: float = 3600.0, limits: Limits | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self.path, self.ttl_s, self.limits, self.clock = path, ttl_s, limits or Limits(), clock
+    def __init__(
+        self,
+        *,
+        path: str | Path | None = None,
+        embedder: Embedder | None = None,
+        shared: str | None = None,
+        ttl_s: float = 3600.0,
+        limits: FileLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path, self.ttl_s, self.limits, self.clock = path, ttl_s, limits or FileLimits(), clock
         self.embedder = embedder or Embedder()
         self._sessions: dict[str, _Session] = {}
         self._stores: dict[str, Store] = {}
@@ -109,8 +116,9 @@ class Library:
 
     # -- documents -------------------------------------------------------------------------------
 
-    def add_files(self, key: str, files: Iterable[tuple[str, bytes]],
-                  progress: Progress | None = None) -> list[FileResult]:  # fmt: skip
+    def add_files(
+        self, key: str, files: Iterable[tuple[str, bytes]], progress: Progress | None = None
+    ) -> list[FileResult]:
         """Index uploaded files one by one; a rejected file gets its reason and the rest go on."""
         files = list(files)
         session = self._session(key)
@@ -128,8 +136,9 @@ class Library:
                 session.last_used = self.clock()
                 session.done.notify_all()
 
-    def _add_one(self, store: Store, name: str, data: bytes, i: int, n: int,
-                 progress: Progress | None) -> FileResult:  # fmt: skip
+    def _add_one(
+        self, store: Store, name: str, data: bytes, i: int, n: int, progress: Progress | None
+    ) -> FileResult:
         def step(done: int, total: int) -> None:
             if progress is not None:
                 progress((i + done / max(total, 1)) / n, f"Indexing {name}: {done}/{total} chunks")

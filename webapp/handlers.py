@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import FileData
 
+from core.generate.settings import DEFAULTS
 from webapp.chat import (
     DEFAULT_SYSTEM_PROMPT,
     ChatInputError,
@@ -88,11 +89,15 @@ class Handlers:
     def request(self, data: dict[Any, Any], **changes: Any) -> ChatRequest:
         """A ChatRequest from the form (Gradio passes a set of inputs as {component: value})."""
         form = {self.fields[c]: v for c, v in data.items() if c in self.fields} | changes
-        examples = [tuple(str(c or "") for c in row[:2]) for row in form.pop("examples", None) or []
-                    if len(row) >= 2]  # fmt: skip
+        examples = [
+            tuple(str(c or "") for c in row[:2])
+            for row in form.pop("examples", None) or []
+            if len(row) >= 2
+        ]
         seed, history = form.pop("seed", None), form.pop("history", None) or []
-        return ChatRequest(**form, history=history, examples=examples,
-                           seed=None if seed is None else int(seed))  # fmt: skip
+        return ChatRequest(
+            **form, history=history, examples=examples, seed=None if seed is None else int(seed)
+        )
 
     def _stream(self, chat: ChatRequest, key: str) -> Iterator[Reply]:
         try:
@@ -106,7 +111,7 @@ class Handlers:
         """Stream (textbox, chat, notice) states. A refused request leaves the chat as it was,
         puts the message back in the box and says why (nothing half-written stays behind)."""
         try:
-            self.service.check(chat)
+            turn = self.service.check(chat)
         except ChatInputError as err:
             raise gr.Error(str(err)) from err
         history = list(chat.history)
@@ -114,7 +119,7 @@ class Handlers:
         yield "", [*shown, {"role": "assistant", "content": "…"}], ""
         reply = Reply("")
         try:
-            for reply in self.service.reply(chat, key):
+            for reply in self.service.reply(turn, key):
                 yield (
                     "",
                     [*shown, {"role": "assistant", "content": answer_markdown(reply) or "…"}],
@@ -162,25 +167,46 @@ class Handlers:
             raise gr.Error(str(err)) from err
         info = (
             f"**{len(prepared.ids)} tokens** of a {prepared.budget}-token prompt budget "
-            f"(context {prepared.llm.config.block_size}, minus max new tokens, within the server cap)."
+            f"(context {prepared.llm.config.block_size}, minus max new tokens, "
+            "within the server cap)."
         )
         if prepared.notices:
             info += "  \n" + " ".join(prepared.notices)
         return prepared.text, info
 
     def chat_api(
-        self, message: str, template: str = "chat", mode: str = "greedy", temperature: float = 0.7,
-        top_k: int = 50, top_p: float = 0.9, num_beams: int = 3, max_new_tokens: int = 256,
-        repetition_penalty: float = 1.0, seed: int = -1, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-        instruction: str = "", model: str = "default", request: gr.Request = None,  # type: ignore[assignment]
-    ) -> Iterator[str]:  # fmt: skip
+        self,
+        message: str,
+        template: str = "chat",
+        mode: str = DEFAULTS.mode,
+        temperature: float = DEFAULTS.temperature,
+        top_k: int = DEFAULTS.top_k,
+        top_p: float = DEFAULTS.top_p,
+        num_beams: int = DEFAULTS.num_beams,
+        max_new_tokens: int = DEFAULTS.max_new_tokens,
+        repetition_penalty: float = DEFAULTS.repetition_penalty,
+        seed: int = -1,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        instruction: str = "",
+        model: str = "default",
+        request: gr.Request = None,  # type: ignore[assignment]
+    ) -> Iterator[str]:
         """One question (no history) -> the streamed answer; RAG answers end with their sources."""
         chat = ChatRequest(
-            message=message, template=template, mode=mode, temperature=temperature, top_k=top_k,
-            top_p=top_p, num_beams=num_beams, max_new_tokens=max_new_tokens,
-            repetition_penalty=repetition_penalty, seed=seed, system_prompt=system_prompt,
-            instruction=instruction, model=model,
-        )  # fmt: skip
+            message=message,
+            template=template,
+            mode=mode,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            system_prompt=system_prompt,
+            instruction=instruction,
+            model=model,
+        )
         for reply in self._stream(chat, session_key(request)):
             yield answer_markdown(reply)
 
@@ -209,12 +235,17 @@ class Handlers:
         batch = uploaded(files)
         if not batch:
             raise gr.Error("Choose one or more PDF, TXT or MD files to upload.")
-        lost = [FileResult(name, False, "the upload did not arrive whole; upload it again.")
-                for name, data in batch if data is None]  # fmt: skip
+        lost = [
+            FileResult(name, False, "the upload did not arrive whole; upload it again.")
+            for name, data in batch
+            if data is None
+        ]
         batch = [(name, data) for name, data in batch if data is not None]
         results = lost + library.add_files(key, batch, lambda f, what: progress(f, desc=what))
-        lines = [("✅ " if r.ok else "❌ ") + plain(r.message if r.ok else f"{r.name}: {r.message}")
-                 for r in results]  # fmt: skip
+        lines = [
+            ("✅ " if r.ok else "❌ ") + plain(r.message if r.ok else f"{r.name}: {r.message}")
+            for r in results
+        ]
         table, pick = self.documents(key)
         return "\n\n".join(lines), table, pick, None
 
@@ -230,19 +261,23 @@ class Handlers:
         return f"Deleted {plain(source)} ({removed} chunks).", table, pick
 
     def on_load(self, request: gr.Request) -> tuple[list[list[Any]], Any, Any]:
-        """A page opens: its documents, and the models (checkpoints trained since start included)."""
+        """A page opens: its documents, and the models (checkpoints trained since start too)."""
         models = gr.update(choices=self.service.models.choices())
         if self.service.library is None:
             return [], gr.update(choices=[]), models
         return (*self.documents(session_key(request)), models)
 
 
-REASONS = {"eos": "the model ended its turn", "length": "reached max new tokens",
-           "stop_string": "hit a stop string", "cancelled": "stopped"}  # fmt: skip
+REASONS = {
+    "eos": "the model ended its turn",
+    "length": "reached max new tokens",
+    "stop_string": "hit a stop string",
+    "cancelled": "stopped",
+}
 
 
 def notices(reply: Reply, number: int) -> str:
-    """Under the chat: how answer `number` ended, and anything the server changed (dropped turns)."""
+    """Under the chat: how answer `number` ended, and what the server changed (dropped turns)."""
     ended = REASONS.get(reply.finish_reason, reply.finish_reason)
     lines = [
         f"Answer {number} finished: {ended}, {reply.new_tokens} tokens from {plain(reply.model)}."

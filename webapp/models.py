@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.checkpoint import is_checkpoint_dir
-from core.defaults import hub_offline
-from core.engine import LLM, ModelLoadError
+from core.generate.engine import LLM
+from core.load import ModelLoadError, hub_offline
 
 DEFAULT = "default"
 DEFAULT_LABEL = "SmolLM2-135M-Instruct (default)"
@@ -29,8 +29,13 @@ def hub_allowed() -> bool:
 class ModelRegistry:
     """The model choices, and an LRU of loaded models (`capacity` of them stay in memory)."""
 
-    def __init__(self, models_dir: str | Path = "models", *, capacity: int = 2,
-                 loader: Callable[[str], LLM] = LLM.load) -> None:  # fmt: skip
+    def __init__(
+        self,
+        models_dir: str | Path = "models",
+        *,
+        capacity: int = 2,
+        loader: Callable[[str], LLM] = LLM.load,
+    ) -> None:
         self.models_dir = Path(models_dir)
         self.capacity = max(1, capacity)
         self._loader = loader

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core.generate.settings import DEFAULTS
 from webapp.chat import DEFAULT_SYSTEM_PROMPT, TEMPLATES, ChatService
 from webapp.handlers import Handlers, mode_changed, template_changed
 from webapp.models import hub_allowed
 
 MODES = [("Greedy", "greedy"), ("Sampling", "sample"), ("Beam search", "beam")]
 TEMPLATE_HELP = (
-    "**chat**: the model's own chat template with your system prompt · **zero-shot**: instruction + "
+    "**chat**: the model's own chat template with your system prompt · "
+    "**zero-shot**: instruction + "
     "your message as input · **few-shot**: instruction, the example pairs, then your message · "
     "**rag**: your documents' best passages as numbered sources + your question."
 )
@@ -34,11 +36,22 @@ def build_demo(service: ChatService) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chatbot", sanitize_html=True,
-                                     buttons=["copy"], feedback_options=None)  # fmt: skip
+                chatbot = gr.Chatbot(
+                    label="Chat",
+                    height=520,
+                    elem_id="chatbot",
+                    sanitize_html=True,
+                    buttons=["copy"],
+                    feedback_options=None,
+                )
                 with gr.Row():
-                    box = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5,
-                                     elem_id="message", max_lines=8)  # fmt: skip
+                    box = gr.Textbox(
+                        placeholder="Ask something…",
+                        show_label=False,
+                        scale=5,
+                        elem_id="message",
+                        max_lines=8,
+                    )
                     send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                 with gr.Row():
                     stop = gr.Button("Stop", elem_id="stop")
@@ -49,56 +62,148 @@ def build_demo(service: ChatService) -> gr.Blocks:
                 with gr.Tab("Decoding", id="decoding"):
                     model = gr.Dropdown(
                         [(label, value) for label, value in service.models.choices()],
-                        value="default", label="Model", allow_custom_value=hub_allowed(),
+                        value="default",
+                        label="Model",
+                        allow_custom_value=hub_allowed(),
                         info="The default, or a checkpoint under models/"
                         + (" (or type a hub id)" if hub_allowed() else ""),
                         elem_id="model",
-                    )  # fmt: skip
-                    mode = gr.Radio(MODES, value="greedy", label="Decoding", elem_id="mode")
-                    temperature = gr.Slider(0.0, 2.0, 0.7, step=0.05, label="Temperature",
-                                            info="sampling only; 0 = greedy", interactive=False,
-                                            elem_id="temperature")  # fmt: skip
-                    top_k = gr.Slider(0, 200, 50, step=1, label="Top-k", info="sampling only; 0 = off",
-                                      interactive=False, elem_id="top-k")  # fmt: skip
-                    top_p = gr.Slider(0.05, 1.0, 0.9, step=0.01, label="Top-p (nucleus)",
-                                      info="sampling only; 1 = off", interactive=False, elem_id="top-p")  # fmt: skip
-                    num_beams = gr.Slider(1, 8, 3, step=1, label="Beam width", info="beam search only",
-                                          interactive=False, elem_id="beams")  # fmt: skip
-                    max_new = gr.Slider(1, cap, min(256, cap), step=1, label="Max new tokens",
-                                        info=f"the server allows at most {cap}", elem_id="max-new")  # fmt: skip
-                    repetition = gr.Slider(1.0, 2.0, 1.0, step=0.05, label="Repetition penalty",
-                                           info="1 = off", elem_id="repetition")  # fmt: skip
-                    seed = gr.Number(-1, precision=0, label="Seed", info="sampling only; -1 = random",
-                                     interactive=False, elem_id="seed")  # fmt: skip
+                    )
+                    mode = gr.Radio(MODES, value=DEFAULTS.mode, label="Decoding", elem_id="mode")
+                    temperature = gr.Slider(
+                        0.0,
+                        2.0,
+                        DEFAULTS.temperature,
+                        step=0.05,
+                        label="Temperature",
+                        info="sampling only; 0 = greedy",
+                        interactive=False,
+                        elem_id="temperature",
+                    )
+                    top_k = gr.Slider(
+                        0,
+                        200,
+                        DEFAULTS.top_k,
+                        step=1,
+                        label="Top-k",
+                        info="sampling only; 0 = off",
+                        interactive=False,
+                        elem_id="top-k",
+                    )
+                    top_p = gr.Slider(
+                        0.05,
+                        1.0,
+                        DEFAULTS.top_p,
+                        step=0.01,
+                        label="Top-p (nucleus)",
+                        info="sampling only; 1 = off",
+                        interactive=False,
+                        elem_id="top-p",
+                    )
+                    num_beams = gr.Slider(
+                        1,
+                        service.limits.max_beams,
+                        DEFAULTS.num_beams,
+                        step=1,
+                        label="Beam width",
+                        info="beam search only",
+                        interactive=False,
+                        elem_id="beams",
+                    )
+                    max_new = gr.Slider(
+                        1,
+                        cap,
+                        min(DEFAULTS.max_new_tokens, cap),
+                        step=1,
+                        label="Max new tokens",
+                        info=f"the server allows at most {cap}",
+                        elem_id="max-new",
+                    )
+                    repetition = gr.Slider(
+                        1.0,
+                        2.0,
+                        DEFAULTS.repetition_penalty,
+                        step=0.05,
+                        label="Repetition penalty",
+                        info="1 = off",
+                        elem_id="repetition",
+                    )
+                    seed = gr.Number(
+                        -1,
+                        precision=0,
+                        label="Seed",
+                        info="sampling only; -1 = random",
+                        interactive=False,
+                        elem_id="seed",
+                    )
                 with gr.Tab("Prompt", id="prompt"):
-                    template = gr.Radio(list(TEMPLATES), value="chat", label="Template", info=TEMPLATE_HELP,
-                                        elem_id="template")  # fmt: skip
+                    template = gr.Radio(
+                        list(TEMPLATES),
+                        value="chat",
+                        label="Template",
+                        info=TEMPLATE_HELP,
+                        elem_id="template",
+                    )
                     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
-                    instruction = gr.Textbox(label="Instruction (zero-shot and few-shot)", lines=2,
-                                             interactive=False, elem_id="instruction")  # fmt: skip
+                    instruction = gr.Textbox(
+                        label="Instruction (zero-shot and few-shot)",
+                        lines=2,
+                        interactive=False,
+                        elem_id="instruction",
+                    )
                     examples = gr.Dataframe(
-                        value=[["", ""]], headers=["input", "output"], column_count=2, type="array",
-                        label="Few-shot examples", interactive=False, elem_id="examples",
-                    )  # fmt: skip
+                        value=[["", ""]],
+                        headers=["input", "output"],
+                        column_count=2,
+                        type="array",
+                        label="Few-shot examples",
+                        interactive=False,
+                        elem_id="examples",
+                    )
                     show = gr.Button("Show prompt", elem_id="show-prompt")
                     prompt_info = gr.Markdown(elem_id="prompt-info")
-                    prompt_view = gr.Code(label="Exact text sent to the model", lines=8, elem_id="prompt-view",
-                                          interactive=False)  # fmt: skip
+                    prompt_view = gr.Code(
+                        label="Exact text sent to the model",
+                        lines=8,
+                        elem_id="prompt-view",
+                        interactive=False,
+                    )
                 with gr.Tab("Documents", id="documents"):
-                    files = gr.File(file_count="multiple", file_types=[".pdf", ".txt", ".md"],
-                                    label="Upload PDF, TXT or MD", elem_id="upload")  # fmt: skip
+                    files = gr.File(
+                        file_count="multiple",
+                        file_types=[".pdf", ".txt", ".md"],
+                        label="Upload PDF, TXT or MD",
+                        elem_id="upload",
+                    )
                     upload_status = gr.Markdown(elem_id="upload-status")
-                    docs = gr.Dataframe(headers=["document", "pages", "chunks", "owner"], interactive=False,
-                                        label="Your documents", elem_id="documents", value=[])  # fmt: skip
+                    docs = gr.Dataframe(
+                        headers=["document", "pages", "chunks", "owner"],
+                        interactive=False,
+                        label="Your documents",
+                        elem_id="documents",
+                        value=[],
+                    )
                     with gr.Row():
                         doc_pick = gr.Dropdown([], label="Document", scale=3, elem_id="doc-pick")
                         delete = gr.Button("Delete", scale=1, elem_id="delete")
 
-        form = {"message": box, "history": chatbot, "model": model, "mode": mode,
-                "temperature": temperature, "top_k": top_k, "top_p": top_p, "num_beams": num_beams,
-                "max_new_tokens": max_new, "repetition_penalty": repetition, "seed": seed,
-                "template": template, "system_prompt": system, "instruction": instruction,
-                "examples": examples}  # fmt: skip
+        form = {
+            "message": box,
+            "history": chatbot,
+            "model": model,
+            "mode": mode,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "num_beams": num_beams,
+            "max_new_tokens": max_new,
+            "repetition_penalty": repetition,
+            "seed": seed,
+            "template": template,
+            "system_prompt": system,
+            "instruction": instruction,
+            "examples": examples,
+        }
         h.fields = {component: name for name, component in form.items()}
         inputs = set(form.values())  # Gradio then passes one {component: value} dict
         knobs = [temperature, top_k, top_p, num_beams, seed, repetition]
@@ -115,8 +220,14 @@ def build_demo(service: ChatService) -> gr.Blocks:
         clear.click(lambda: ([], "", ""), None, [chatbot, notice, box], queue=False, **PRIVATE)
         show.click(h.show_prompt, inputs, [prompt_view, prompt_info], **PRIVATE)
 
-        files.upload(h.upload, files, [upload_status, docs, doc_pick, files], api_name="upload",
-                     concurrency_id="ingest", concurrency_limit=1)  # fmt: skip
+        files.upload(
+            h.upload,
+            files,
+            [upload_status, docs, doc_pick, files],
+            api_name="upload",
+            concurrency_id="ingest",
+            concurrency_limit=1,
+        )
         delete.click(h.delete, doc_pick, [upload_status, docs, doc_pick], **PRIVATE)
         demo.load(h.on_load, None, [docs, doc_pick, model], **PRIVATE)
         gr.api(h.chat_api, api_name="chat", **MODEL)

@@ -10,17 +10,27 @@ from safetensors.torch import load_file, save_file
 
 from core import checkpoint
 from core.config import ModelConfig
-from core.engine import LLM, ModelLoadError
+from core.generate.engine import LLM
+from core.load import ModelLoadError
 from core.model import Decoder
 from core.tokenizer import Tokenizer
 
 CONFIGS = {
-    "classic": ModelConfig.preset("classic", vocab_size=300, n_layer=2, n_head=4, n_embd=32, block_size=64),
-    "llama": ModelConfig.preset(
-        "llama", vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=48,
-        block_size=64, tied_embeddings=False,
+    "classic": ModelConfig.preset(
+        "classic", vocab_size=300, n_layer=2, n_head=4, n_embd=32, block_size=64
     ),
-}  # fmt: skip
+    "llama": ModelConfig.preset(
+        "llama",
+        vocab_size=300,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=32,
+        ffn_hidden=48,
+        block_size=64,
+        tied_embeddings=False,
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +68,8 @@ def test_round_trip_is_bit_exact(name, tmp_path, tokenizer):
         assert k1 == k2 and torch.equal(v1, v2)
     ids = torch.randint(0, 300, (2, 17))
     with torch.no_grad():
-        # same values; the loaded copy stores matrices transposed for speed, so matmuls may round differently
+        # same values; the loaded copy may store matrices transposed, so matmuls may round
+        # differently
         torch.testing.assert_close(llm.model(ids), model(ids), atol=1e-5, rtol=1e-5)
     assert llm.tokenizer.encode("the lazy fox") == tokenizer.encode("the lazy fox")
 

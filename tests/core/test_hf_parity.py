@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core.checkpoint import build_model
-from core.engine import LLM, ModelLoadError
+from core.generate.engine import LLM
+from core.load import ModelLoadError
 from core.weights import load_hf_dir
 
 transformers = pytest.importorskip("transformers")
@@ -24,23 +25,36 @@ def hf_model(family: str, size: dict, tied: bool):
     torch.manual_seed(0)
     if family == "gpt2":
         cfg = transformers.GPT2Config(
-            vocab_size=211, n_embd=size["hidden"], n_layer=size["layers"], n_head=size["heads"],
-            n_positions=128, tie_word_embeddings=tied, bos_token_id=0, eos_token_id=0,
-        )  # fmt: skip
+            vocab_size=211,
+            n_embd=size["hidden"],
+            n_layer=size["layers"],
+            n_head=size["heads"],
+            n_positions=128,
+            tie_word_embeddings=tied,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         return transformers.GPT2LMHeadModel(cfg)
     common = dict(
-        vocab_size=211, hidden_size=size["hidden"], intermediate_size=size["ffn"],
-        num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
-        num_key_value_heads=size["kv_heads"], max_position_embeddings=128,
-        tie_word_embeddings=tied, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
+        vocab_size=211,
+        hidden_size=size["hidden"],
+        intermediate_size=size["ffn"],
+        num_hidden_layers=size["layers"],
+        num_attention_heads=size["heads"],
+        num_key_value_heads=size["kv_heads"],
+        max_position_embeddings=128,
+        tie_word_embeddings=tied,
+        rms_norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     if family == "llama":
         return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, rope_theta=50000.0))
     return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
 
 
 def randomise_norms_and_biases(model) -> None:
-    """Freshly initialised norms are all ones and biases all zeros; parity must not hinge on that."""
+    """Fresh norms are all ones and biases all zeros; parity must not hinge on that."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or "ln_" in name or name.endswith("bias"):

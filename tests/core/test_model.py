@@ -191,25 +191,3 @@ def test_classic_learns_a_pattern():
         loss.backward()
         opt.step()
     assert loss.item() < 0.1
-
-
-@pytest.mark.parametrize("rows", [1, 3, 16, 17])
-def test_few_row_linear_equals_torch(rows):
-    from core.layers import linear
-
-    torch.manual_seed(0)
-    x, w, b = torch.randn(rows, 1, 24), torch.randn(40, 24), torch.randn(40)
-    torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
-
-
-def test_layouts_hold_the_same_model():
-    model = make(ARCHS["llama-gqa"])
-    ids = torch.randint(0, 97, (2, 12))
-    with torch.no_grad():
-        row = model(ids)
-        assert model.layout == "row"
-        model.set_layout("transposed")
-        assert model.layout == "transposed" and model.blocks[0].mlp.fc.weight.shape == (96, 32)
-        torch.testing.assert_close(model(ids), row, atol=1e-5, rtol=1e-5)
-        model.set_layout("row")
-        assert torch.equal(model(ids), row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.decode import stream_tokens
+from core.generate.decode import stream_tokens
 
 transformers = pytest.importorskip("transformers")
 

@@ -1,4 +1,5 @@
-"""core.tokenizer: training, save/load, GPT-2 files, GGUF parity with transformers, chat templates."""
+"""core.tokenizer: training, save/load, GPT-2 files, GGUF parity with transformers, chat
+templates."""
 
 from __future__ import annotations
 
@@ -150,7 +151,8 @@ def test_from_gpt2_files_matches_original_and_transformers(trained, tmp_path):
     vocab, merges = _write_gpt2_files(trained, tmp_path)
     rebuilt = Tokenizer.from_gpt2_files(vocab, merges)
     # transformers 5 has no GPT2TokenizerFast; the files load through GPT2Tokenizer.from_pretrained
-    # (the GPT2Tokenizer(vocab_file=..., merges_file=...) constructor silently builds an empty vocab).
+    # (the GPT2Tokenizer(vocab_file=..., merges_file=...) constructor silently builds an empty
+    # vocab).
     oracle = transformers.GPT2Tokenizer.from_pretrained(tmp_path)
     for text in [*HARD_TEXTS, "<|endoftext|> after"]:
         ids = trained.encode(text)

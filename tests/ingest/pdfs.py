@@ -1,4 +1,4 @@
-"""Real PDFs for the tests, made with fpdf2 (text, images) and pypdf (encryption, hand-built bombs)."""
+"""Real PDFs for the tests, made with fpdf2 (text, images) and pypdf (encryption, built bombs)."""
 
 from __future__ import annotations
 
@@ -53,12 +53,13 @@ def _zeros_deflated(n_bytes: int) -> bytes:
     checksum = 1
     for _ in range(count):
         checksum = zlib.adler32(block, checksum)
-    # b"\x03\x00" is an empty final fixed-Huffman block; the stream is byte-aligned after a full flush.
+    # b"\x03\x00" is an empty final fixed-Huffman block; the stream is byte-aligned after a full
+    # flush.
     return first + again * (count - 1) + b"\x03\x00" + checksum.to_bytes(4, "big")
 
 
 def flate_bomb_pdf(inflated_bytes: int = 2 << 30, layers: int = 3) -> bytes:
-    """A one-page PDF whose content stream inflates to `inflated_bytes` through nested FlateDecode."""
+    """A one-page PDF whose content stream inflates to `inflated_bytes` via nested FlateDecode."""
     data = _zeros_deflated(inflated_bytes)
     for _ in range(layers - 1):
         data = zlib.compress(data, 9)

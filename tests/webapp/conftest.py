@@ -1,4 +1,5 @@
-"""The real app (`python app.py`, what `make run` starts) on a free port, and Chromium for browser tests."""
+"""The real app (`python app.py`, what `make run` starts) on a free port, and Chromium for the
+browser tests."""
 
 from __future__ import annotations
 
@@ -49,8 +50,13 @@ def start_app(tmp: Path, **env: str) -> App:
         **env,
     }
     log = tmp / "app.log"
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env={**os.environ, **settings},
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env={**os.environ, **settings},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -72,14 +78,17 @@ def stop_app(app: App) -> None:
 
 
 def tiny_checkpoint(directory: Path) -> Path:
-    """A small random model saved as our checkpoint (what `make train-demo` leaves under models/)."""
+    """A small random model saved as our checkpoint (as `make train-demo` leaves under models/)."""
     from core import checkpoint
     from core.config import ModelConfig
     from core.model import Decoder
     from core.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.train(["the quick brown fox jumps over the lazy dog " * 40], 300,
-                                special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"))  # fmt: skip
+    tokenizer = Tokenizer.train(
+        ["the quick brown fox jumps over the lazy dog " * 40],
+        300,
+        special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    )
     config = ModelConfig(
         vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=256
     )

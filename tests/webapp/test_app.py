@@ -1,4 +1,4 @@
-"""The served app through `gradio_client`: public endpoints, concurrency, the queue limit, uploads."""
+"""The served app through `gradio_client`: public endpoints, concurrency, queue limit, uploads."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ QUEUE_FULL = "Queue is full! Please try again."  # what a caller gets beyond the
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    running = start_app(tmp_path_factory.mktemp("app"), SCRATCHGPT_QUEUE_SIZE=str(QUEUE_SIZE),
-                        SCRATCHGPT_MAX_UPLOAD_MB="1")  # fmt: skip
+    running = start_app(
+        tmp_path_factory.mktemp("app"),
+        SCRATCHGPT_QUEUE_SIZE=str(QUEUE_SIZE),
+        SCRATCHGPT_MAX_UPLOAD_MB="1",
+    )
     yield running
     stop_app(running)
 
@@ -47,7 +50,8 @@ def test_sixteen_concurrent_chats_answer_correctly_within_bounded_memory(app, sm
     assert answers == expected  # each caller got its own answer, exactly the greedy reply
     growth_mib = (app.rss_kib() - rss_before) / 1024
     print(
-        f"server RSS growth over 16 calls: {growth_mib:.0f} MiB, peak {app.rss_kib('VmHWM') / 1024:.0f} MiB"
+        f"server RSS growth over 16 calls: {growth_mib:.0f} MiB, "
+        f"peak {app.rss_kib('VmHWM') / 1024:.0f} MiB"
     )
     assert growth_mib < 150
 

@@ -1,4 +1,5 @@
-"""The app in Chromium (Python playwright): upload, cited RAG answers, decoding modes, isolation, XSS."""
+"""The app in Chromium (Python playwright): upload, cited RAG answers, decoding modes, isolation,
+XSS."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class Session:
         raise AssertionError("the upload status never appeared")
 
     def ask(self, question: str) -> tuple[str, list[str]]:
-        """Send a message; return the final answer text and every distinct state seen while streaming."""
+        """Send a message; return the final answer and every distinct state seen while streaming."""
         self.answers += 1
         self.page.locator("#message textarea").fill(question)
         self.page.locator("#send").click()
@@ -118,11 +119,15 @@ def session(browser, app):
 
 def test_upload_then_cited_rag_answer_then_beam_and_sampling(session, tmp_path):
     pdf = tmp_path / "mill-notes.pdf"
-    pdf.write_bytes(text_pdf([
-        "Page one is about the weather in spring and the price of flour.",
-        "The vault under the old mill opens with the password PERIWINKLE.",
-        "Page three lists the names of the mill's cats.",
-    ]))  # fmt: skip
+    pdf.write_bytes(
+        text_pdf(
+            [
+                "Page one is about the weather in spring and the price of flour.",
+                "The vault under the old mill opens with the password PERIWINKLE.",
+                "Page three lists the names of the mill's cats.",
+            ]
+        )
+    )
     s = session()
     status = s.upload(pdf)
     assert "Added 'mill-notes.pdf': 3 pages" in status

@@ -1,4 +1,4 @@
-"""webapp.chat, webapp.documents and webapp.models in-process, on the real model, embedder and Chroma."""
+"""webapp.chat, documents and models in-process, on the real model, embedder and Chroma."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import pytest
 
 from core import checkpoint
 from core.config import ModelConfig
+from core.generate.engine import Generation
+from core.generate.settings import GenerationSettings
 from core.model import Decoder
 from core.tokenizer import Tokenizer
 from ingest import Embedder
 from tests.ingest.pdfs import text_pdf
 from webapp.chat import (
     ChatInputError,
+    ChatLimits,
     ChatRequest,
     ChatService,
-    Limits,
     answer_markdown,
     conversation,
     sources_markdown,
@@ -54,11 +56,16 @@ def library(tmp_path, embedder):
 
 @pytest.fixture
 def service(registry, library) -> ChatService:
-    return ChatService(registry, library, limits=Limits(max_new_tokens=12, max_prompt_tokens=600))
+    return ChatService(
+        registry, library, limits=ChatLimits(max_new_tokens=12, max_prompt_tokens=600)
+    )
 
 
 def test_reply_streams_a_growing_answer_clamped_by_the_server(service):
-    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]}]  # fmt: skip
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+    ]
     states = [
         r.text
         for r in service.reply(
@@ -72,10 +79,19 @@ def test_reply_streams_a_growing_answer_clamped_by_the_server(service):
 
 
 def test_each_template_builds_the_prompt_it_promises(service):
-    chat = service.prepare(ChatRequest("And Spain?", [
-        {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": "Paris." + "\n\n---\n**Sources**\n\n**\\[1\\]** a.pdf"},
-    ], system_prompt="Be brief."))  # fmt: skip
+    chat = service.prepare(
+        ChatRequest(
+            "And Spain?",
+            [
+                {"role": "user", "content": "Capital of France?"},
+                {
+                    "role": "assistant",
+                    "content": "Paris." + "\n\n---\n**Sources**\n\n**\\[1\\]** a.pdf",
+                },
+            ],
+            system_prompt="Be brief.",
+        )
+    )
     assert chat.text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
     assert "<|im_start|>assistant\nParis.<|im_end|>" in chat.text  # sources never go back in
     assert chat.text.endswith("<|im_start|>user\nAnd Spain?<|im_end|>\n<|im_start|>assistant\n")
@@ -86,8 +102,14 @@ def test_each_template_builds_the_prompt_it_promises(service):
     )
     assert "user\nClassify the sentiment.\n\nInput:\nI loved it<|im_end|>" in zero.text
 
-    few = service.prepare(ChatRequest("It was awful", template="few-shot", instruction="Sentiment?",
-                                      examples=[("Great film", "positive"), ("", ""), ("Boring", "negative")]))  # fmt: skip
+    few = service.prepare(
+        ChatRequest(
+            "It was awful",
+            template="few-shot",
+            instruction="Sentiment?",
+            examples=[("Great film", "positive"), ("", ""), ("Boring", "negative")],
+        )
+    )
     body = few.text.split("<|im_start|>user\n")[1]
     assert body.startswith(
         "Sentiment?\n\nInput: Great film\nOutput: positive\n\nInput: Boring\nOutput: negative\n\n"
@@ -101,25 +123,38 @@ def test_each_template_builds_the_prompt_it_promises(service):
         )
 
 
-@pytest.mark.parametrize(("request_", "error"), [
-    (ChatRequest("   "), "message is empty"),
-    (ChatRequest("x" * 9000), "limit is 8000"),
-    (ChatRequest("hi", mode="sample", temperature=-1.0), "temperature must be >= 0"),
-    (ChatRequest("hi", mode="sample", top_p=1.5), "top_p must be in"),
-    (ChatRequest("hi", mode="beam", num_beams=40), "num_beams must be a whole number from 1 to 8"),
-    (ChatRequest("hi", template="poem"), "template must be one of"),
-    (ChatRequest("hi", model="/etc/passwd"), "not one of this server's models"),
-    (ChatRequest("word " * 700), "725 tokens, over its budget of 600"),  # the server's prompt cap
-    (ChatRequest("hi", template="rag"), "none are indexed yet"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        (ChatRequest("   "), "message is empty"),
+        (ChatRequest("x" * 9000), "limit is 8000"),
+        (ChatRequest("hi", mode="sample", temperature=-1.0), "temperature must be >= 0"),
+        (ChatRequest("hi", mode="sample", top_p=1.5), "top_p must be in"),
+        (
+            ChatRequest("hi", mode="beam", num_beams=40),
+            "num_beams must be a whole number from 1 to 8",
+        ),
+        (ChatRequest("hi", template="poem"), "template must be one of"),
+        (ChatRequest("hi", model="/etc/passwd"), "not one of this server's models"),
+        (
+            ChatRequest("word " * 700),
+            "725 tokens, over its budget of 600",
+        ),  # the server's prompt cap
+        (ChatRequest("hi", template="rag"), "none are indexed yet"),
+    ],
+)
 def test_bad_requests_are_refused_with_a_reason(service, request_, error):
     with pytest.raises(ChatInputError, match=error):
         list(service.reply(request_, "session-a"))
 
 
 def test_rag_cites_numbered_sources_from_the_sessions_documents(service, library):
-    pdf = text_pdf(["Cover page about nothing in particular.",
-                    "The lighthouse keeper's cat is named Marmalade Tusk."])  # fmt: skip
+    pdf = text_pdf(
+        [
+            "Cover page about nothing in particular.",
+            "The lighthouse keeper's cat is named Marmalade Tusk.",
+        ]
+    )
     [result] = library.add_files("session-a", [("keeper.pdf", pdf)])
     assert result.ok, result.message
     request = ChatRequest("What is the lighthouse keeper's cat named?", template="rag")
@@ -166,8 +201,14 @@ def test_a_rag_question_during_indexing_waits_for_it(service, library):
 def test_sources_are_shown_as_inert_text():
     from ingest import Hit
 
-    hit = Hit('<script>alert(1)</script> <img src=x onerror=alert(2)> [x](javascript:alert(3))',
-              "<b>a</b>.md", 1, 0.5, "id", "hash")  # fmt: skip
+    hit = Hit(
+        "<script>alert(1)</script> <img src=x onerror=alert(2)> [x](javascript:alert(3))",
+        "<b>a</b>.md",
+        1,
+        0.5,
+        "id",
+        "hash",
+    )
     shown = sources_markdown([hit])
     assert "<script>" not in shown and "<img" not in shown and "<b>" not in shown
     assert "&lt;script&gt;" in shown and "\\[x\\](javascript:alert(3))" in shown
@@ -215,8 +256,10 @@ def test_model_selector_lists_checkpoints_and_refuses_the_rest(tmp_path, monkeyp
     checkpoint.save(Decoder(config), tmp_path / "tiny-demo", tokenizer)
     (tmp_path / "not-a-model").mkdir()
     registry = ModelRegistry(tmp_path, capacity=1)
-    assert registry.choices() == [("SmolLM2-135M-Instruct (default)", "default"),
-                                  ("tiny-demo", str(tmp_path / "tiny-demo"))]  # fmt: skip
+    assert registry.choices() == [
+        ("SmolLM2-135M-Instruct (default)", "default"),
+        ("tiny-demo", str(tmp_path / "tiny-demo")),
+    ]
     llm = registry.get(str(tmp_path / "tiny-demo"))
     assert llm.config.n_embd == 16 and registry.get(str(tmp_path / "tiny-demo")) is llm
     for bad in ("/etc/passwd", "../models", str(tmp_path / "not-a-model")):
@@ -225,3 +268,41 @@ def test_model_selector_lists_checkpoints_and_refuses_the_rest(tmp_path, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelChoiceError, match="this server is offline"):
         registry.resolve("HuggingFaceTB/SmolLM2-360M-Instruct")
+
+
+def test_one_reply_is_one_pass_and_decodes_the_ids_show_prompt_shows(service, smollm2, monkeypatch):
+    """The message is checked and its settings validated once, the prompt tokenized once, the
+    model decodes exactly the ids "show prompt" displays, and the reply is the pieces it yields."""
+    encoded, validated, started, pieces = [], [], [], []
+    encode, start, iterate = smollm2.tokenizer.encode, smollm2.start, Generation.__iter__
+    validate = GenerationSettings.validate
+
+    def counting_encode(text, *args, **kwargs):
+        encoded.append(text)
+        return encode(text, *args, **kwargs)
+
+    def recording_start(prompt, settings, cancel=None):
+        started.append(list(prompt.ids))
+        return start(prompt, settings, cancel)
+
+    def recording_iter(generation):
+        for piece in iterate(generation):
+            pieces.append(piece.text)
+            yield piece
+
+    def counting_validate(settings, **caps):
+        validated.append(settings)
+        return validate(settings, **caps)
+
+    monkeypatch.setattr(smollm2.tokenizer, "encode", counting_encode)
+    monkeypatch.setattr(smollm2, "start", recording_start)
+    monkeypatch.setattr(Generation, "__iter__", recording_iter)
+    monkeypatch.setattr(GenerationSettings, "validate", counting_validate)
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    request = ChatRequest("Name a colour.", history=history, max_new_tokens=8)
+    replies = list(service.reply(request))
+    assert len(encoded) == 1 and len(validated) == 1 and len(started) == 1
+    shown = service.prepare(request)
+    assert started[0] == shown.ids
+    assert shown.text == smollm2.tokenizer.decode(shown.ids, skip_special_tokens=False)
+    assert replies[-1].done and replies[-1].text == "".join(pieces) != ""

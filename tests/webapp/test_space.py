@@ -13,8 +13,12 @@ import gradio
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME = [ROOT / "app.py", *(ROOT / "webapp").rglob("*.py"), *(ROOT / "ingest").rglob("*.py"),
-           *(p for p in (ROOT / "core").rglob("*.py") if "recipes" not in p.parts)]  # fmt: skip
+RUNTIME = [
+    ROOT / "app.py",
+    *(ROOT / "webapp").rglob("*.py"),
+    *(ROOT / "ingest").rglob("*.py"),
+    *(p for p in (ROOT / "core").rglob("*.py") if "recipes" not in p.parts),
+]
 LOCAL = {"core", "ingest", "webapp", "tests", "bench"}
 
 

@@ -1,0 +1,202 @@
+"""Decoding over a `Decoder` with a KV cache: greedy, sampling and beam search, all streaming.
+
+Token-level only: text, stop strings and chat templates live in `core.generate.engine`.
+Beam search follows `transformers`' (5.x) algorithm step for step, so the same logits give the
+same best sequence: candidates are scored by summed log-probabilities, finished hypotheses by
+sum / generated_length ** length_penalty, with its early-stopping rules (True, False, "never").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from core.generate.logits import SettingsError, build_processors, is_greedy, sample_next
+from core.model import Decoder
+
+NEG = -1.0e9  # "impossible" score, as transformers uses
+
+
+@torch.inference_mode()
+def stream_tokens(
+    model: Decoder,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    stop_ids: set[int] | frozenset[int] = frozenset(),
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Yield up to `max_new_tokens` ids, greedy (temperature 0 or top_k 1) or sampled.
+
+    A stop id ends the stream without being yielded. Processors see the prompt and every
+    generated token (the repetition penalty needs them).
+    """
+    if not prompt_ids:
+        raise SettingsError("the prompt is empty; give at least one token.")
+    greedy = is_greedy(temperature, top_k)
+    processors = build_processors(
+        temperature=0.0 if greedy else temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+    )
+    device = model.wte.weight.device
+    budget = min(max_new_tokens, model.config.block_size - len(prompt_ids))
+    cache = model.new_cache(1, len(prompt_ids) + max(budget, 0))
+    seen = torch.tensor([list(prompt_ids)], device=device)  # (1, T): every token so far
+    idx = seen
+    for _ in range(budget):
+        scores = model(idx, cache=cache, last_only=True)[:, -1].float()  # (1, vocab)
+        if processors:
+            scores = processors(seen, scores)
+        token = int(scores.argmax(-1)) if greedy else int(sample_next(scores, generator))
+        if token in stop_ids:
+            return
+        yield token
+        idx = torch.tensor([[token]], device=device)  # (1, 1): only the new token goes through
+        if processors:
+            seen = torch.cat([seen, idx], dim=1)
+
+
+@dataclass
+class BeamResult:
+    """The best sequence and every finished beam, best first, with its length-normalised score."""
+
+    best: list[int]
+    beams: list[tuple[list[int], float]] = field(default_factory=list)
+
+
+@dataclass
+class BeamUpdate:
+    """After each step: the current best hypothesis, and how many of its tokens are final."""
+
+    tokens: list[int]
+    stable: int
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != rows[0][i] for r in rows):
+            return i
+    return n
+
+
+@torch.inference_mode()
+def beam_search(
+    model: Decoder,
+    prompt_ids: Sequence[int],
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    eos_ids: Sequence[int] = (),
+    repetition_penalty: float = 1.0,
+) -> Iterator[BeamUpdate]:
+    """Yield a `BeamUpdate` after every step; the generator's return value is the `BeamResult`.
+
+    Finished sequences keep their EOS token, as `transformers` returns them.
+    """
+    if not prompt_ids:
+        raise SettingsError("the prompt is empty; give at least one token.")
+    nb, device = num_beams, model.wte.weight.device
+    max_new = min(max_new_tokens, model.config.block_size - len(prompt_ids))
+    if max_new < 1:
+        raise SettingsError("the prompt fills the whole context; nothing can be generated.")
+    processors = build_processors(temperature=0.0, repetition_penalty=repetition_penalty)
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
+    keep = max(2, 1 + len(eos)) * nb  # candidates per step: enough that nb survive any EOS
+    prompt = torch.tensor(list(prompt_ids), device=device)
+    cache = model.new_cache(1, len(prompt_ids) + max_new)
+    logits = model(prompt[None], cache=cache, last_only=True)[:, -1].float()  # (1, V)
+    cache.reorder(torch.zeros(nb, dtype=torch.long, device=device))  # nb copies of the prompt
+    logits = logits.expand(nb, -1)
+    running = torch.zeros(nb, 0, dtype=torch.long, device=device)  # (nb, generated so far)
+    running_scores = torch.full((nb,), NEG, device=device)
+    running_scores[0] = 0.0  # identical beams at first: only one may expand
+    finished = [[] for _ in range(nb)]
+    finished_scores = torch.full((nb,), NEG, device=device)
+    finished_mask = torch.zeros(nb, dtype=torch.bool, device=device)
+    improvable, last_best = True, None
+    for step in range(max_new):
+        log_probs = F.log_softmax(logits, dim=-1)  # (nb, V)
+        if processors:
+            log_probs = processors(torch.cat([prompt.expand(nb, -1), running], dim=1), log_probs)
+        vocab = log_probs.shape[-1]
+        total = (log_probs + running_scores[:, None]).reshape(-1)  # (nb * V,)
+        cand_scores, cand_idx = torch.topk(total, k=keep)  # (keep,), best first
+        origin, token = cand_idx // vocab, cand_idx % vocab
+        cand = torch.cat([running[origin], token[:, None]], dim=1)  # (keep, step + 1)
+        hits = torch.isin(token, eos) | (step + 1 >= max_new)  # (keep,): finishes here
+        # Finished: only the top nb candidates may enter, scored with the length penalty.
+        final = cand_scores / ((step + 1) ** length_penalty)
+        closed = (not improvable) or (early_stopping is True and bool(finished_mask.all()))
+        final = torch.where(
+            hits & (torch.arange(keep, device=device) < nb) & (not closed), final, NEG
+        )
+        merged_scores = torch.cat([finished_scores, final])
+        top = torch.topk(merged_scores, k=nb).indices
+        pool = finished + [row.tolist() for row in cand]
+        pool_mask = torch.cat(
+            [finished_mask, hits & (torch.arange(keep, device=device) < nb) & (not closed)]
+        )
+        finished = [pool[int(i)] for i in top]
+        finished_scores, finished_mask = merged_scores[top], pool_mask[top]
+        # Running: the best nb candidates that did not finish.
+        alive = torch.topk(cand_scores + hits.float() * NEG, k=nb).indices
+        running, running_scores = cand[alive], (cand_scores + hits.float() * NEG)[alive]
+        # Could an open beam still beat the worst finished one? (transformers' heuristic)
+        best_len = max_new if (early_stopping == "never" and length_penalty > 0) else step + 1
+        best_possible = running_scores[0] / (best_len**length_penalty)
+        worst = torch.where(finished_mask, finished_scores.min(), torch.tensor(NEG, device=device))
+        improvable = improvable and bool((best_possible > worst).any())
+        done = (
+            not improvable
+            or (early_stopping is True and bool(finished_mask.all()))
+            or bool(hits.all())
+        )
+        best = _current_best(
+            running, running_scores, step + 1, length_penalty, finished, finished_scores
+        )
+        if best != last_best:
+            rows = [r.tolist() for r in running] + [
+                f for f, m in zip(finished, finished_mask, strict=True) if m
+            ]
+            yield BeamUpdate(tokens=best, stable=_common_prefix(rows))
+            last_best = best
+        if done:
+            break
+        cache.reorder(origin[alive])
+        logits = model(running[:, -1:], cache=cache, last_only=True)[:, -1].float()  # (nb, V)
+    beams = [
+        (f, float(s)) for f, s, m in zip(finished, finished_scores, finished_mask, strict=True) if m
+    ]
+    return BeamResult(best=beams[0][0] if beams else running[0].tolist(), beams=beams)
+
+
+def _current_best(
+    running, running_scores, length, length_penalty, finished, finished_scores
+) -> list[int]:
+    """What a user should see now: the best finished hypothesis, unless a running one beats it."""
+    open_score = float(running_scores[0]) / (length**length_penalty)
+    if float(finished_scores[0]) > NEG / 2 and float(finished_scores[0]) >= open_score:
+        return finished[0]
+    return running[0].tolist()
+
+
+def run_beam_search(model: Decoder, prompt_ids: Sequence[int], **kwargs) -> BeamResult:
+    """Beam search to the end, without streaming."""
+    stream = beam_search(model, prompt_ids, **kwargs)
+    while True:
+        try:
+            next(stream)
+        except StopIteration as stop:
+            return stop.value
