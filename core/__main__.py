@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
         p.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
         p.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty)
+        p.add_argument(
+            "--no-repeat-ngram",
+            type=int,
+            default=DEFAULTS.no_repeat_ngram_size,
+            metavar="N",
+            help="never repeat N tokens in a row, prompt included (0 turns it off)",
+        )
         p.add_argument("--beams", type=int, default=DEFAULTS.num_beams, help="beam width (beam)")
         p.add_argument("--length-penalty", type=float, default=DEFAULTS.length_penalty)
         p.add_argument("--early-stopping", action="store_true")
@@ -51,6 +58,7 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
         top_k=args.top_k,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram,
         num_beams=args.beams,
         length_penalty=args.length_penalty,
         early_stopping=args.early_stopping,

@@ -30,13 +30,16 @@ def stream_tokens(
     top_k: int = 0,
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    penalize_prompt: bool = True,
     stop_ids: set[int] | frozenset[int] = frozenset(),
     generator: torch.Generator | None = None,
 ) -> Iterator[int]:
     """Yield up to `max_new_tokens` ids, greedy (temperature 0 or top_k 1) or sampled.
 
     A stop id ends the stream without being yielded. Processors see the prompt and every
-    generated token (the repetition penalty needs them).
+    generated token (the repetition penalty and the n-gram ban need them), or with
+    `penalize_prompt=False` the generated tokens only (an answer may then copy its sources).
     """
     if not prompt_ids:
         raise SettingsError("the prompt is empty; give at least one token.")
@@ -46,12 +49,13 @@ def stream_tokens(
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     device = model.wte.weight.device
     budget = min(max_new_tokens, model.config.block_size - len(prompt_ids))
     cache = model.new_cache(1, len(prompt_ids) + max(budget, 0))
-    seen = torch.tensor([list(prompt_ids)], device=device)  # (1, T): every token so far
-    idx = seen
+    idx = torch.tensor([list(prompt_ids)], device=device)  # (1, T)
+    seen = idx if penalize_prompt else idx[:, :0]  # (1, S): the tokens the processors see
     for _ in range(budget):
         scores = model(idx, cache=cache, last_only=True)[:, -1].float()  # (1, vocab)
         if processors:
@@ -100,10 +104,13 @@ def beam_search(
     early_stopping: bool | str = False,
     eos_ids: Sequence[int] = (),
     repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    penalize_prompt: bool = True,
 ) -> Iterator[BeamUpdate]:
     """Yield a `BeamUpdate` after every step; the generator's return value is the `BeamResult`.
 
-    Finished sequences keep their EOS token, as `transformers` returns them.
+    Finished sequences keep their EOS token, as `transformers` returns them. The repetition
+    processors see each beam's full sequence, prompt included, as in `transformers`.
     """
     if not prompt_ids:
         raise SettingsError("the prompt is empty; give at least one token.")
@@ -111,7 +118,11 @@ def beam_search(
     max_new = min(max_new_tokens, model.config.block_size - len(prompt_ids))
     if max_new < 1:
         raise SettingsError("the prompt fills the whole context; nothing can be generated.")
-    processors = build_processors(temperature=0.0, repetition_penalty=repetition_penalty)
+    processors = build_processors(
+        temperature=0.0,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+    )
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     keep = max(2, 1 + len(eos)) * nb  # candidates per step: enough that nb survive any EOS
     prompt = torch.tensor(list(prompt_ids), device=device)
@@ -129,7 +140,8 @@ def beam_search(
     for step in range(max_new):
         log_probs = F.log_softmax(logits, dim=-1)  # (nb, V)
         if processors:
-            log_probs = processors(torch.cat([prompt.expand(nb, -1), running], dim=1), log_probs)
+            history = torch.cat([prompt.expand(nb, -1), running], 1) if penalize_prompt else running
+            log_probs = processors(history, log_probs)
         vocab = log_probs.shape[-1]
         total = (log_probs + running_scores[:, None]).reshape(-1)  # (nb * V,)
         cand_scores, cand_idx = torch.topk(total, k=keep)  # (keep,), best first

@@ -261,6 +261,8 @@ class Generation:
             early_stopping=s.early_stopping,
             eos_ids=sorted(tok.stop_token_ids),
             repetition_penalty=s.repetition_penalty,
+            no_repeat_ngram_size=s.no_repeat_ngram_size,
+            penalize_prompt=s.penalize_prompt,
         )
         self.finish_reason = "eos"
         with kernels.batched(self.llm.model):

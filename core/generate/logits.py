@@ -1,9 +1,10 @@
-"""Logits processors: repetition penalty, top-k, temperature, top-p, and drawing the next token.
+"""Logits processors: repetition penalty, no-repeat n-gram, top-k, temperature, top-p, and drawing
+the next token.
 
 Each processor maps `(input_ids (B, T), scores (B, V)) -> scores (B, V)`, validates its setting in
-`__init__`, and matches the same-named `transformers` warper. `build_processors` chains them in the
-order repetition penalty -> top-k -> temperature -> top-p. Temperature 0 means greedy; decoding
-handles it by mode (`is_greedy`), not by a processor.
+`__init__`, and matches the same-named `transformers` processor. `build_processors` chains them in
+transformers' order: repetition penalty -> no-repeat n-gram -> top-k -> temperature -> top-p.
+Temperature 0 means greedy; decoding handles it by mode (`is_greedy`), not by a processor.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def _check_penalty(penalty: object) -> float:
     return value
 
 
+def _check_ngram(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, Integral) or size < 0:
+        raise SettingsError(
+            f"no_repeat_ngram_size must be a whole number >= 0 (0 turns it off; 3 forbids "
+            f"repeating any 3 tokens in a row), got {size!r}."
+        )
+    return int(size)
+
+
 class RepetitionPenalty:
     """Seen tokens: negative scores are multiplied by the penalty, others divided."""
 
@@ -74,6 +84,28 @@ class RepetitionPenalty:
         x = scores.float()
         penalized = torch.where(x < 0, x * self.penalty, x / self.penalty)
         return torch.where(seen[:, :V], penalized, x).to(scores.dtype)  # (B, V)
+
+
+class NoRepeatNGram:
+    """Ban every token that would complete an n-gram already in the row (prompt included)."""
+
+    def __init__(self, n: int):
+        self.n = _check_ngram(n)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        n, (B, T), V = self.n, input_ids.shape, scores.size(-1)
+        if n == 0 or n > T:
+            return scores
+        # Only an n-gram starting with the last n - 1 tokens can be completed next: match that one
+        # prefix against every window (vectorised, O(T n) per step, no table to keep in sync).
+        prefix = input_ids[:, T - n + 1 :]  # (B, n - 1)
+        windows = input_ids.unfold(1, n, 1)  # (B, T - n + 1, n)
+        hit = (windows[..., :-1] == prefix[:, None]).all(-1)  # (B, T - n + 1)
+        # misses and ids >= V (an embedding larger than the head) land in a spare column
+        target = torch.where(hit, windows[..., -1].clamp(max=V), V)  # (B, T - n + 1)
+        banned = torch.zeros(B, V + 1, dtype=torch.bool, device=scores.device)
+        banned.scatter_(1, target, True)  # (B, V + 1)
+        return scores.masked_fill(banned[:, :V], float("-inf"))
 
 
 class TopK:
@@ -144,18 +176,22 @@ def build_processors(
     top_k: int = 0,
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
 ) -> Processors:
     """Validate every setting, then chain the ones that change anything.
 
-    Order: repetition penalty -> top-k -> temperature -> top-p. With temperature 0 (greedy) only
-    the repetition penalty remains: greedy takes the argmax, which the others cannot change.
+    Order (transformers' `_get_logits_processor`): repetition penalty -> no-repeat n-gram -> top-k
+    -> temperature -> top-p. With temperature 0 (greedy) only the first two remain: greedy takes
+    the argmax, which the others cannot change.
     """
     temperature = _check_temperature(temperature)
     top_k, top_p = _check_top_k(top_k), _check_top_p(top_p)
-    penalty = _check_penalty(repetition_penalty)
+    penalty, ngram = _check_penalty(repetition_penalty), _check_ngram(no_repeat_ngram_size)
     processors = Processors()
     if penalty != 1.0:
         processors.append(RepetitionPenalty(penalty))
+    if ngram > 0:
+        processors.append(NoRepeatNGram(ngram))
     if temperature == 0:
         return processors
     if top_k > 0:

@@ -30,11 +30,12 @@ class Source:
         return f"{self.source}, page {self.page}" if self.page else self.source
 
 
+# One line a 135M model follows: answer briefly, cite, and say so when the sources do not answer.
 RAG_INSTRUCTION = (
-    "Answer the question using only the numbered sources below. Cite the sources you use "
-    "with their numbers in square brackets, like [1]. If the sources do not contain the "
-    "answer, say that you do not know."
+    "Answer the question in one or two sentences using only the sources, and cite the source "
+    "number like [1]. If the sources do not answer it, say: The documents do not cover this."
 )
+NOT_COVERED = "The documents do not cover this."
 
 
 def _required(value: str, field: str) -> str:
@@ -66,13 +67,19 @@ def few_shot(task: str, examples: Sequence[tuple[str, str]], input: str) -> str:
     return "\n".join(lines)
 
 
-def rag(question: str, sources: Sequence[Source]) -> str:
-    """Numbered sources, then the question; the answer cites sources as [n]."""
+def rag(question: str, sources: Sequence[Source], quote: Source | None = None) -> str:
+    """The question, the numbered sources, the sentence that answers it (`quote`, from source
+    `quote.number`) when one was found, then the instruction and the question again: a small
+    model reads the question before the sources and answers right after it."""
     question = _required(question, "question")
     if not sources:
         return question
     blocks = [f"[{s.number}] ({s.label})\n{s.text.strip()}" for s in sources]
-    return f"{RAG_INSTRUCTION}\n\nSources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
+    parts = [f"Question: {question}", "Sources:\n" + "\n\n".join(blocks)]
+    if quote is not None:
+        parts.append(f'The most relevant sentence, from [{quote.number}]: "{quote.text.strip()}"')
+    parts += [RAG_INSTRUCTION, f"Question: {question}"]
+    return "\n\n".join(parts)
 
 
 def chat_messages(

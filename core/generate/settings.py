@@ -19,6 +19,9 @@ class GenerationSettings:
     top_k: int = 50
     top_p: float = 0.9
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0  # 0 off; n bans any token that would repeat an n-gram
+    # the two repetition knobs count the prompt too (as transformers), or only the reply
+    penalize_prompt: bool = True
     num_beams: int = 4
     length_penalty: float = 1.0
     early_stopping: bool | str = False
@@ -34,6 +37,7 @@ class GenerationSettings:
             top_k=self.top_k,
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
         )
         n = self.max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_new_tokens_cap:
@@ -53,17 +57,24 @@ class GenerationSettings:
             raise SettingsError(
                 f"length_penalty must be between -10 and 10, got {self.length_penalty!r}."
             )
+        if not isinstance(self.penalize_prompt, bool):
+            raise SettingsError(
+                f"penalize_prompt must be true or false, got {self.penalize_prompt!r}."
+            )
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise SettingsError("stop strings must be non-empty text.")
 
     def token_knobs(self) -> dict[str, float | int]:
-        """`stream_tokens` arguments for this mode: greedy ignores the sampling knobs."""
+        """`stream_tokens` arguments for this mode: greedy ignores the sampling knobs, while the
+        repetition knobs apply in every mode."""
         sample = self.mode == "sample"
         return dict(
             temperature=self.temperature if sample else 0.0,
             top_k=self.top_k if sample else 0,
             top_p=self.top_p if sample else 1.0,
             repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            penalize_prompt=self.penalize_prompt,
         )
 
 

@@ -109,3 +109,68 @@ def test_beam_result_scores_are_length_normalised(pair):
             logp = torch.log_softmax(ours(ids)[0, len(prompt) - 1 : -1].float(), dim=-1)
         total = logp.gather(1, torch.tensor(tokens)[:, None]).sum().item()
         assert score == pytest.approx(total / len(tokens) ** 1.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_ngram_greedy_matches_transformers_on_tiny_models(pair, n):
+    ref, ours = pair
+    changed = False
+    for prompt in PROMPTS:  # PROMPTS[2] is shorter than n: bans start once the text is long enough
+        kwargs = dict(max_new_tokens=30, eos_token_id=None, pad_token_id=0)
+        expected = hf_generate(ref, prompt, no_repeat_ngram_size=n, **kwargs)
+        got = list(stream_tokens(ours, prompt, max_new_tokens=30, no_repeat_ngram_size=n))
+        assert got == expected
+        changed |= got != list(stream_tokens(ours, prompt, max_new_tokens=30))
+    assert changed  # the sharpened tiny models loop, so the ban must bite somewhere
+
+
+@pytest.mark.parametrize(("n", "num_beams"), [(2, 2), (3, 4)])
+def test_no_repeat_ngram_beam_search_matches_transformers_on_tiny_models(pair, n, num_beams):
+    """With no EOS every beam runs the full 16 tokens, long enough to loop; with one they differ
+    in length."""
+    ref, ours = pair
+    changed = False
+    for prompt in PROMPTS[:2]:
+        for eos in (None, eos_for(ours, prompt)):
+            expected = hf_generate(
+                ref,
+                prompt,
+                max_new_tokens=16,
+                eos_token_id=eos,
+                pad_token_id=0 if eos is None else eos,
+                num_beams=num_beams,
+                no_repeat_ngram_size=n,
+            )
+            kwargs = dict(
+                num_beams=num_beams, max_new_tokens=16, eos_ids=[] if eos is None else [eos]
+            )
+            result = run_beam_search(ours, prompt, no_repeat_ngram_size=n, **kwargs)
+            assert result.best == expected
+            changed |= result.best != run_beam_search(ours, prompt, **kwargs).best
+    assert changed  # the ban must bite somewhere
+
+
+def test_penalize_prompt_false_leaves_the_prompt_out_of_the_repetition_knobs(pair):
+    """The first token has no generated history: with penalize_prompt=False a huge penalty and a
+    1-gram ban leave it as plain greedy picks it, even though the prompt holds it; with the
+    prompt penalized, it is pushed out."""
+    _, ours = pair
+    candidates = ([*base, k] for base in PROMPTS for k in range(64))
+    prompt, token = next(
+        (p, t)
+        for p in candidates
+        for [t] in [list(stream_tokens(ours, p, max_new_tokens=1))]
+        if t in p
+    )
+    for search in ("greedy", "beam"):
+        knobs = dict(repetition_penalty=50.0, no_repeat_ngram_size=1, penalize_prompt=False)
+        if search == "greedy":
+            free = list(stream_tokens(ours, prompt, max_new_tokens=1, **knobs))
+            held = list(
+                stream_tokens(ours, prompt, max_new_tokens=1, **{**knobs, "penalize_prompt": True})
+            )
+        else:
+            free = run_beam_search(ours, prompt, num_beams=2, max_new_tokens=1, **knobs).best
+            knobs["penalize_prompt"] = True
+            held = run_beam_search(ours, prompt, num_beams=2, max_new_tokens=1, **knobs).best
+        assert free == [token] and held != [token], search

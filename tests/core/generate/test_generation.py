@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -52,19 +53,66 @@ def test_greedy_matches_transformers_64_tokens(smollm2, smollm2_reference, quest
     assert list(stream_tokens(smollm2.model, ids, max_new_tokens=64, stop_ids=stop)) == expected
 
 
+def test_no_repeat_ngram_greedy_matches_transformers(smollm2, smollm2_reference):
+    ids, stop = chat_ids(smollm2, QUESTIONS[1]), smollm2.tokenizer.stop_token_ids
+    kwargs = dict(max_new_tokens=48, no_repeat_ngram_size=3)
+    expected = strip_stop(reference_generate(smollm2_reference, ids, stop, **kwargs), stop)
+    assert list(stream_tokens(smollm2.model, ids, stop_ids=stop, **kwargs)) == expected
+
+
 @pytest.mark.parametrize(
-    ("question", "num_beams"),
-    [(QUESTIONS[0], 2), pytest.param(QUESTIONS[3], 4, marks=pytest.mark.slow)],
+    ("question", "num_beams", "ngram"),
+    [
+        (QUESTIONS[0], 2, 0),
+        (QUESTIONS[1], 2, 3),
+        pytest.param(QUESTIONS[3], 4, 0, marks=pytest.mark.slow),
+    ],
 )
-def test_beam_search_matches_transformers(smollm2, smollm2_reference, question, num_beams):
+def test_beam_search_matches_transformers(smollm2, smollm2_reference, question, num_beams, ngram):
     ids, stop = chat_ids(smollm2, question), smollm2.tokenizer.stop_token_ids
-    expected = reference_generate(
-        smollm2_reference, ids, stop, max_new_tokens=24, num_beams=num_beams
-    )
-    result = run_beam_search(
-        smollm2.model, ids, num_beams=num_beams, max_new_tokens=24, eos_ids=sorted(stop)
-    )
+    kwargs = dict(max_new_tokens=24, num_beams=num_beams, no_repeat_ngram_size=ngram)
+    expected = reference_generate(smollm2_reference, ids, stop, **kwargs)
+    result = run_beam_search(smollm2.model, ids, eos_ids=sorted(stop), **kwargs)
     assert result.best == expected
+
+
+def repeats_an_ngram(ids: list[int], start: int, n: int) -> bool:
+    """True when an n-gram ending at or after `start` already occurred earlier in `ids`."""
+    seen: set[tuple[int, ...]] = set()
+    for i in range(len(ids) - n + 1):
+        gram = tuple(ids[i : i + n])
+        if i + n > start and gram in seen:
+            return True
+        seen.add(gram)
+    return False
+
+
+@pytest.mark.parametrize("mode", ["greedy", "beam"])
+def test_no_repeat_ngram_3_never_repeats_a_3gram(smollm2, mode):
+    """Plain greedy loops on this prompt ("a leaf's fate is determined, ..."); with the knob set
+    through the engine no 3-gram repeats, neither within the reply nor from the prompt."""
+    messages = [{"role": "user", "content": QUESTIONS[1]}]
+    ids, stop = chat_ids(smollm2, QUESTIONS[1]), smollm2.tokenizer.stop_token_ids
+    knobbed = GenerationSettings(mode=mode, num_beams=3, max_new_tokens=48, no_repeat_ngram_size=3)
+    if mode == "beam":
+        with torch.inference_mode(), kernels.batched(smollm2.model):
+            run = run_beam_search(
+                smollm2.model,
+                ids,
+                num_beams=3,
+                max_new_tokens=48,
+                eos_ids=sorted(stop),
+                no_repeat_ngram_size=3,
+            )
+        tokens = strip_stop(run.best, stop)
+    else:
+        decode = partial(stream_tokens, smollm2.model, ids, max_new_tokens=48, stop_ids=stop)
+        tokens = list(decode(**knobbed.token_knobs()))
+        assert repeats_an_ngram(list(decode()), 0, 3)  # without the knob the reply loops
+    assert len(tokens) > 3 and not repeats_an_ngram(tokens, 0, 3)
+    assert not repeats_an_ngram(ids + tokens, len(ids), 3)  # nor a 3-gram from the prompt
+    expected = smollm2.tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd")
+    assert smollm2.generate(messages, knobbed) == expected  # the engine passes the knob through
 
 
 @pytest.mark.parametrize("mode", ["greedy", "sample", "beam"])
@@ -158,6 +206,8 @@ def test_long_history_drops_oldest_turns_and_says_so(smollm2):
         (dict(mode="beam", num_beams=9), "num_beams must be a whole number from 1 to 8"),
         (dict(max_new_tokens=100_000), "max_new_tokens must be a whole number from 1 to 2048"),
         (dict(mode="creative"), "mode must be one of"),
+        (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size must be a whole number >= 0"),
+        (dict(mode="beam", no_repeat_ngram_size=2.5), "no_repeat_ngram_size must be a whole"),
     ],
 )
 def test_bad_settings_raise_typed_errors(smollm2, overrides, message):
@@ -194,6 +244,7 @@ def test_server_prompt_cap_drops_old_turns_then_refuses(smollm2):
         (["--top-k", "-3"], "top_k must be a whole number >= 0"),
         (["--mode", "beam", "--beams", "0"], "num_beams must be a whole number from 1 to 8"),
         (["--max-new-tokens", "99999"], "max_new_tokens must be a whole number from 1 to 2048"),
+        (["--no-repeat-ngram", "-2"], "no_repeat_ngram_size must be a whole number >= 0"),
     ],
 )
 def test_cli_rejects_bad_settings_with_a_readable_message(args, message):

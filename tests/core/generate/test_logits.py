@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 from transformers.generation.logits_process import (
     LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -19,6 +20,7 @@ from transformers.generation.logits_process import (
 )
 
 from core.generate.logits import (
+    NoRepeatNGram,
     Processors,
     RepetitionPenalty,
     SettingsError,
@@ -103,6 +105,36 @@ def test_repetition_penalty_matches_transformers(dtype, case, penalty):
     )
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 6),
+    B=st.sampled_from([1, 2, 5]),
+    T=st.integers(1, 24),
+    V=st.sampled_from([3, 6, 50]),
+)
+def test_no_repeat_ngram_matches_transformers(dtype, seed, n, B, T, V):
+    """Small vocabularies make repeats common; T < n (nothing to ban) is drawn too."""
+    x = random_logits(seed, B=B, V=V, inf=seed % 3 == 0).to(dtype)
+    ids = input_ids(seed, B=B, V=V, T=T)
+    ours = NoRepeatNGram(n)(ids, x)
+    assert_same(ours, oracle(NoRepeatNGramLogitsProcessor(n), ids, x, dtype))
+
+
+def test_no_repeat_ngram_bans_exactly_the_completions():
+    ids = torch.tensor([[1, 2, 3, 1, 2, 4, 1, 2], [0, 0, 0, 0, 0, 0, 0, 0]])
+    x = torch.zeros(2, 6)
+    banned = ~torch.isfinite(NoRepeatNGram(3)(ids, x))
+    assert banned.nonzero().tolist() == [[0, 3], [0, 4], [1, 0]]  # "1 2" was followed by 3 and 4
+    assert (~torch.isfinite(NoRepeatNGram(1)(ids, x))).sum(-1).tolist() == [4, 1]  # any seen id
+    assert NoRepeatNGram(0)(ids, x) is x and NoRepeatNGram(9)(ids, x) is x  # off; T < n
+    # "5 7" would ban 7, an id past the head (V = 6): no real column is banned for it
+    far = torch.tensor([[5, 7, 5]])
+    assert torch.equal(NoRepeatNGram(2)(far, x[:1]), x[:1])
+    assert_same(NoRepeatNGram(2)(far, x[:1]), NoRepeatNGramLogitsProcessor(2)(far, x[:1]))
+
+
 def test_repetition_penalty_ignores_ids_beyond_the_head():
     x = random_logits(0, B=1, V=10)
     ids = torch.tensor([[3, 12, 3]])  # 12 >= V: an embedding row with no logit
@@ -119,11 +151,16 @@ def test_repetition_penalty_ignores_ids_beyond_the_head():
     t=st.sampled_from([0.5, 1.0, 2.0]),
     p=st.sampled_from([0.3, 0.9, 1.0]),
     penalty=st.sampled_from([1.0, 1.2]),
+    ngram=st.sampled_from([0, 1, 2]),
 )
-def test_pipeline_matches_transformers_list(dtype, seed, k, t, p, penalty):
+def test_pipeline_matches_transformers_list(dtype, seed, k, t, p, penalty, ngram):
     x, ids = random_logits(seed, inf=seed % 2 == 0).to(dtype), input_ids(seed)
-    ours = build_processors(temperature=t, top_k=k, top_p=p, repetition_penalty=penalty)
+    ours = build_processors(
+        temperature=t, top_k=k, top_p=p, repetition_penalty=penalty, no_repeat_ngram_size=ngram
+    )
     theirs = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)])
+    if ngram:
+        theirs.append(NoRepeatNGramLogitsProcessor(ngram))
     if k:
         theirs.append(TopKLogitsWarper(k))
     theirs.append(TemperatureLogitsWarper(t))
@@ -195,6 +232,11 @@ def test_build_processors_order_and_omissions():
     assert [type(p) for p in procs] == [RepetitionPenalty]
     procs = build_processors(temperature=0.7, top_k=5, top_p=0.9, repetition_penalty=1.1)
     assert [type(p) for p in procs] == [RepetitionPenalty, TopK, Temperature, TopP]
+    procs = build_processors(top_k=5, repetition_penalty=1.1, no_repeat_ngram_size=3)
+    assert [type(p) for p in procs] == [RepetitionPenalty, NoRepeatNGram, TopK]
+    procs = build_processors(temperature=0, no_repeat_ngram_size=2)  # greedy keeps the ban
+    assert [type(p) for p in procs] == [NoRepeatNGram] and procs[0].n == 2
+    assert build_processors(no_repeat_ngram_size=0) == []
     assert isinstance(procs, Processors)
 
 
@@ -283,6 +325,11 @@ BAD = [
     ),
     (RepetitionPenalty, -1.2, r"repetition_penalty must be a number > 0"),
     (RepetitionPenalty, math.inf, r"repetition_penalty must be a number > 0"),
+    (NoRepeatNGram, -1, r"no_repeat_ngram_size must be a whole number >= 0 \(0 turns it off"),
+    (NoRepeatNGram, 2.5, r"no_repeat_ngram_size must be a whole number >= 0.*got 2.5\."),
+    (NoRepeatNGram, 3.0, r"no_repeat_ngram_size must be a whole number"),
+    (NoRepeatNGram, True, r"no_repeat_ngram_size must be a whole number"),
+    (NoRepeatNGram, "3", r"no_repeat_ngram_size must be a whole number"),
 ]
 
 
@@ -302,6 +349,8 @@ def test_bad_settings_raise(cls, value, message):
         {"top_k": -3},
         {"top_k": 1.5},
         {"repetition_penalty": 0.0},
+        {"no_repeat_ngram_size": -2},
+        {"no_repeat_ngram_size": 1.5},
         {"temperature": 0, "top_p": 2.0},  # validated even when greedy ignores it
     ],
     ids=str,
@@ -314,3 +363,4 @@ def test_build_processors_validates(kwargs):
 def test_settings_error_is_a_value_error():
     assert issubclass(SettingsError, ValueError)
     assert TopK(np.int64(3)).top_k == 3 and Temperature(1).temperature == 1.0
+    assert NoRepeatNGram(np.int64(3)).n == 3
