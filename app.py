@@ -2,6 +2,8 @@
 
 Settings (environment variables, all optional):
   GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   where to listen (127.0.0.1:7860)
+  SCRATCHGPT_MODEL           the default model: a .gguf, a checkpoint or Hugging Face model dir,
+                             or a hub id where the hub is reachable (the packaged SmolLM2-135M)
   SCRATCHGPT_MODELS_DIR      checkpoints offered in the model selector (models)
   SCRATCHGPT_DATA            embedded Chroma store (data/chroma)
   CHROMA_HOST / CHROMA_PORT  use a Chroma server instead of the embedded store
@@ -17,6 +19,7 @@ Settings (environment variables, all optional):
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -25,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import ingest
 from webapp.chat import ChatLimits, ChatService
 from webapp.documents import Library, start_sweeper
-from webapp.models import ModelRegistry
+from webapp.models import ModelConfigError, ModelRegistry, default_model
 from webapp.ui import build_demo
 
 
@@ -34,6 +37,11 @@ def env_int(name: str, default: int) -> int:
 
 
 def main() -> None:
+    try:  # checked before anything starts: a bad value stops the app with one line
+        default = default_model(os.environ.get("SCRATCHGPT_MODEL"))
+    except ModelConfigError as err:
+        sys.exit(f"app.py: {err}")
+    print(f"Default model: {default.name} ({default.source})", flush=True)
     upload_mb = env_int("SCRATCHGPT_MAX_UPLOAD_MB", 20)
     library = Library(
         path=os.environ.get("SCRATCHGPT_DATA") or None,
@@ -43,7 +51,7 @@ def main() -> None:
     )
     start_sweeper(library, every_s=min(60.0, library.ttl_s / 4))
     service = ChatService(
-        ModelRegistry(os.environ.get("SCRATCHGPT_MODELS_DIR", "models")),
+        ModelRegistry(os.environ.get("SCRATCHGPT_MODELS_DIR", "models"), default=default),
         library,
         limits=ChatLimits(
             max_new_tokens=env_int("SCRATCHGPT_MAX_NEW_TOKENS", 512),

@@ -1,29 +1,136 @@
-"""Which models the app offers, and loading them once: the default, checkpoints under `models/`,
-and (on a machine with network) a Hugging Face hub id typed by the user."""
+"""Which models the app offers, and loading them once: the default (`SCRATCHGPT_MODEL`, checked
+at start-up, else the packaged SmolLM2), checkpoints under `models/`, and (on a machine with
+network) a Hugging Face hub id typed by the user."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from core.checkpoint import is_checkpoint_dir
+from core.checkpoint import PICKLE_SUFFIXES, is_checkpoint_dir
 from core.generate.engine import LLM
-from core.load import ModelLoadError, hub_offline
+from core.load import DEFAULT_MODEL_NAME, ModelLoadError, hub_offline
+from core.weights import WeightsError, config_from_hf
 
 DEFAULT = "default"
-DEFAULT_LABEL = "SmolLM2-135M-Instruct (default)"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MODEL_VARIABLE = "SCRATCHGPT_MODEL"
+WHAT_TO_SET = (
+    f"set {MODEL_VARIABLE} to a .gguf file, a checkpoint or Hugging Face model directory, "
+    "or a hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct' (unset: the packaged "
+    f"{DEFAULT_MODEL_NAME})."
+)
 
 
 class ModelChoiceError(ValueError):
     """A model name the server will not load; the message says what can be picked instead."""
 
 
+class ModelConfigError(ValueError):
+    """`SCRATCHGPT_MODEL` names nothing the app can serve; the message says what to set."""
+
+
 def hub_allowed() -> bool:
     return not hub_offline()
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    """The app's default model: what `LLM.load` gets, and the name the selector and status show
+    (the name `LLM.load` gives it)."""
+
+    source: str = DEFAULT
+    name: str = DEFAULT_MODEL_NAME
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (default)"
+
+
+def default_model(value: str | None) -> DefaultModel:
+    """The default model `SCRATCHGPT_MODEL=value` names, checked without reading any weights;
+    `ModelConfigError` says what was given, why it cannot be served, and what to set."""
+    value = (value or "").strip()
+    if value in ("", DEFAULT):
+        return DefaultModel()
+    path = Path(value).expanduser()
+    try:
+        if path.exists():
+            return _local_model(path.resolve())
+        if HUB_ID.match(value) and not value.lower().endswith(".gguf"):
+            return _hub_model(value)
+        raise ModelConfigError(f"{path} does not exist")
+    except ModelConfigError as err:
+        raise ModelConfigError(f"{MODEL_VARIABLE}={value!r}: {err}; {WHAT_TO_SET}") from err
+
+
+def _local_model(path: Path) -> DefaultModel:
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelConfigError(f"{path} is a file but not a .gguf model")
+        with path.open("rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise ModelConfigError(f"{path} does not start like a GGUF file (damaged?)")
+        return DefaultModel(str(path), path.stem)
+    if is_checkpoint_dir(path):
+        _require_files(path, "model.safetensors")
+        return DefaultModel(str(path), path.name)
+    if (path / "config.json").exists():
+        _check_hf_config(path / "config.json")
+        _require_files(path, "*.safetensors")
+        return DefaultModel(str(path), path.name)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _local_model(ggufs[0])
+    what = f"{len(ggufs)} .gguf files" if ggufs else "no config.json or .gguf file"
+    raise ModelConfigError(f"{path} is not a model directory ({what} inside)")
+
+
+def _require_files(directory: Path, weights: str) -> None:
+    """The weights (safetensors: pickles are refused) and the tokenizer `load_model` needs."""
+    if not any(directory.glob(weights)):
+        pickled = [p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        why = f"only pickle files ({', '.join(pickled)}), which we refuse" if pickled else "none"
+        raise ModelConfigError(f"{directory} has no {weights} weights ({why})")
+    if not (directory / "tokenizer.json").exists():
+        raise ModelConfigError(f"{directory} has no tokenizer.json beside its weights")
+
+
+def _check_hf_config(config_path: Path) -> None:
+    """The architecture is one we can run (reads config.json only)."""
+    try:
+        config_from_hf(json.loads(config_path.read_text()), config_path)
+    except (json.JSONDecodeError, OSError) as err:
+        raise ModelConfigError(f"{config_path} is not readable JSON ({err})") from err
+    except (WeightsError, KeyError, TypeError, ValueError) as err:
+        raise ModelConfigError(f"{config_path} describes a model we cannot run ({err})") from err
+
+
+def _hub_model(repo_id: str) -> DefaultModel:
+    """A hub id: refused offline; online, its config.json (a few KB) must exist and be usable."""
+    if hub_offline():
+        raise ModelConfigError(
+            "this looks like a Hugging Face hub id, but HF_HUB_OFFLINE is set, so it cannot be "
+            "downloaded (download it elsewhere and point at the local directory, or unset "
+            "HF_HUB_OFFLINE on a machine with network)"
+        )
+    try:
+        from huggingface_hub import hf_hub_download
+
+        config_path = Path(hf_hub_download(repo_id, "config.json"))
+    except Exception as err:  # unknown or gated repo, no network: all end the same way
+        why = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ModelConfigError(
+            f"the Hugging Face hub has no readable {repo_id}/config.json "
+            f"({type(err).__name__}: {why}); check the id, the network and any access token"
+        ) from err
+    _check_hf_config(config_path)
+    return DefaultModel(repo_id, repo_id)
 
 
 class ModelRegistry:
@@ -33,10 +140,12 @@ class ModelRegistry:
         self,
         models_dir: str | Path = "models",
         *,
+        default: DefaultModel | None = None,
         capacity: int = 2,
         loader: Callable[[str], LLM] = LLM.load,
     ) -> None:
         self.models_dir = Path(models_dir)
+        self.default = default or DefaultModel()
         self.capacity = max(1, capacity)
         self._loader = loader
         self._loaded: OrderedDict[str, LLM] = OrderedDict()
@@ -49,15 +158,15 @@ class ModelRegistry:
             found = sorted(
                 p for p in self.models_dir.iterdir() if p.is_dir() and is_checkpoint_dir(p)
             )
-        return [(DEFAULT_LABEL, DEFAULT)] + [(p.name, str(p)) for p in found]
+        return [(self.default.label, DEFAULT)] + [(p.name, str(p)) for p in found]
 
     def resolve(self, name: str) -> str:
         """The source `LLM.load` gets for a user's choice; anything else is refused."""
         name = (name or DEFAULT).strip()
+        if name in (DEFAULT, self.default.label, self.default.source):
+            return self.default.source
         if name in {value for _, value in self.choices()}:
             return name
-        if name == DEFAULT_LABEL:
-            return DEFAULT
         if HUB_ID.match(name) and not Path(name).exists():
             if not hub_allowed():
                 raise ModelChoiceError(
