@@ -22,10 +22,26 @@ from core.generate.prompts import PromptError, Source
 from core.generate.settings import DEFAULTS, GenerationSettings
 from ingest import Hit
 from webapp.documents import Library
+from webapp.evidence import Evidence, excerpt, not_covered, rerank, with_quote
 from webapp.models import ModelChoiceError, ModelRegistry
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
 TEMPLATES = ("chat", "zero-shot", "few-shot", "rag")
+
+
+def template_defaults(template: str) -> GenerationSettings:
+    """Decoding defaults per template: RAG answers are short and may not loop."""
+    return RAG_DEFAULTS if template == "rag" else DEFAULTS
+
+
+# short answers that cannot loop (bench/rag_answers.py measures them)
+RAG_DEFAULTS = replace(
+    DEFAULTS,
+    max_new_tokens=80,
+    repetition_penalty=1.15,
+    no_repeat_ngram_size=4,
+    penalize_prompt=False,  # copying a sentence of the sources is what a grounded answer does
+)
 
 
 class ChatInputError(ValueError):
@@ -42,6 +58,10 @@ class ChatLimits:
     max_prompt_tokens: int = 4096
     max_examples: int = 16
     rag_sources: int = 4
+    rag_candidates: int = 32  # retrieved, then reranked by their best sentence to rag_sources
+    rag_source_chars: int = 700  # each source is cut to the sentences around its best one
+    # below this retrieval score the documents are taken not to answer (bench/rag_answers.py)
+    rag_min_score: float = 0.45
     index_wait_s: float = 600.0
 
 
@@ -56,14 +76,16 @@ class ChatRequest:
     instruction: str = ""
     examples: Sequence[tuple[str, str]] = ()
     model: str = "default"
-    mode: str = DEFAULTS.mode
-    temperature: float = DEFAULTS.temperature
-    top_k: int = DEFAULTS.top_k
-    top_p: float = DEFAULTS.top_p
-    num_beams: int = DEFAULTS.num_beams
-    repetition_penalty: float = DEFAULTS.repetition_penalty
-    max_new_tokens: int = DEFAULTS.max_new_tokens
-    seed: int | None = DEFAULTS.seed
+    # decoding knobs: None takes the template's default (`template_defaults`)
+    mode: str | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    num_beams: int | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    max_new_tokens: int | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +108,8 @@ class Prepared:
     text: str
     sources: list[Hit] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+    covered: bool = True  # RAG: False when no source scores high enough to answer from
 
     @property
     def ids(self) -> list[int]:
@@ -103,6 +127,7 @@ class Reply:
     text: str
     sources: tuple[Hit, ...] = ()
     notices: tuple[str, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
     done: bool = False
     finish_reason: str = ""  # once done: "eos", "length", "stop_string" or "cancelled"
     new_tokens: int = 0
@@ -143,15 +168,24 @@ def plain(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
 
-def sources_markdown(hits: Sequence[Hit], snippet_chars: int = 240) -> str:
-    """The numbered source list shown beneath a RAG answer: file, page, score and a snippet."""
+def sources_markdown(
+    hits: Sequence[Hit], evidence: Sequence[Evidence] = (), snippet_chars: int = 240
+) -> str:
+    """The numbered source list shown beneath a RAG answer: file, page, score and a snippet;
+    a source that holds evidence shows that sentence, highlighted, as its snippet."""
+    quoted: dict[int, list[str]] = {}
+    for e in evidence:
+        quoted.setdefault(e.number, []).append(e.sentence)
     lines = []
     for n, hit in enumerate(hits, 1):
-        snippet = " ".join(hit.text.split())
-        snippet = snippet[:snippet_chars] + ("…" if len(snippet) > snippet_chars else "")
+        if n in quoted:
+            snippet = " … ".join(f"<mark>{plain(sentence)}</mark>" for sentence in quoted[n])
+        else:
+            text = " ".join(hit.text.split())
+            snippet = plain(text[:snippet_chars] + ("…" if len(text) > snippet_chars else ""))
         lines.append(
             f"**\\[{n}\\]** {plain(hit.source)}, page {hit.page} · score {hit.score:.2f}  \n"
-            f"{plain(snippet)}"
+            f"{snippet}"
         )
     return "\n\n".join(lines)
 
@@ -160,7 +194,7 @@ def answer_markdown(reply: Reply) -> str:
     """An answer as shown in the chat: the text, then its numbered sources beneath it."""
     if not reply.sources:
         return reply.text
-    return reply.text + SOURCES_HEADER + sources_markdown(reply.sources)
+    return reply.text + SOURCES_HEADER + sources_markdown(reply.sources, reply.evidence)
 
 
 class ChatService:
@@ -178,17 +212,26 @@ class ChatService:
         self.limits = limits or ChatLimits()
 
     def settings(self, request: ChatRequest) -> GenerationSettings:
-        """Decoding settings with the server's cap on `max_new_tokens` applied, validated."""
+        """The template's default settings with what the request sets, the server's cap on
+        `max_new_tokens` applied, validated."""
+        base = template_defaults(request.template)
+
+        def knob(name: str, kind: type) -> Any:
+            value = getattr(request, name)
+            return getattr(base, name) if value is None else kind(value)
+
         try:
-            budget = int(request.max_new_tokens)
             seed = None if request.seed is None or int(request.seed) < 0 else int(request.seed)
-            settings = GenerationSettings(
-                mode=request.mode,
-                temperature=float(request.temperature),
-                top_k=int(request.top_k),
-                top_p=float(request.top_p),
-                num_beams=int(request.num_beams),
-                repetition_penalty=float(request.repetition_penalty),
+            budget = knob("max_new_tokens", int)
+            settings = replace(
+                base,
+                mode=knob("mode", str),
+                temperature=knob("temperature", float),
+                top_k=knob("top_k", int),
+                top_p=knob("top_p", float),
+                num_beams=knob("num_beams", int),
+                repetition_penalty=knob("repetition_penalty", float),
+                no_repeat_ngram_size=knob("no_repeat_ngram_size", int),
                 max_new_tokens=max(1, min(budget, self.limits.max_new_tokens)),
                 seed=seed,
             )
@@ -220,7 +263,9 @@ class ChatService:
             raise ChatInputError(f"Use at most {self.limits.max_examples} few-shot examples.")
         return Turn(request, message, self.settings(request))
 
-    def _messages(self, turn: Turn, hits: list[Hit]) -> list[dict[str, str]]:
+    def _messages(
+        self, turn: Turn, hits: list[Hit], evidence: list[Evidence]
+    ) -> list[dict[str, str]]:
         request, message = turn.request, turn.message
         system, history = request.system_prompt, conversation(request.history)
         if request.template == "zero-shot":
@@ -232,8 +277,17 @@ class ChatService:
             content = prompts.few_shot(request.instruction, examples, message)
             return prompts.chat_messages(content, (), system)
         if request.template == "rag":
-            sources = [Source(n, h.text, h.source, h.page) for n, h in enumerate(hits, 1)]
-            return prompts.chat_messages(prompts.rag(message, sources), history, system)
+            best: dict[int, str] = {}
+            for e in evidence:
+                best.setdefault(e.number, e.sentence)
+            cut = self.limits.rag_source_chars
+            sources = [
+                Source(n, excerpt(h.text, best.get(n), cut), h.source, h.page)
+                for n, h in enumerate(hits, 1)
+            ]
+            quote = evidence[0] if evidence else None
+            quoted = quote and Source(quote.number, quote.sentence, quote.source, quote.page)
+            return prompts.chat_messages(prompts.rag(message, sources, quoted), history, system)
         return prompts.chat_messages(message, history, system)
 
     def retrieve(self, turn: Turn, session: str) -> list[Hit]:
@@ -244,7 +298,7 @@ class ChatService:
                 "RAG answers from your documents, and none are indexed yet: upload a PDF, TXT or "
                 "MD file under Documents first, or switch the template to chat."
             )
-        return self.library.search(session, turn.message, self.limits.rag_sources)
+        return self.library.search(session, turn.message, self.limits.rag_candidates)
 
     def prepare(self, request: ChatRequest | Turn, session: str = "") -> Prepared:
         """The exact prompt (retrieval included) without generating: what "show prompt" shows
@@ -253,18 +307,38 @@ class ChatService:
         try:
             llm = self.models.get(turn.request.model)
             hits = self.retrieve(turn, session)
-            prompt, messages = self._fit(llm, turn, hits)
+            rag, best = turn.request.template == "rag", hits[0].score if hits else -1.0
+            covered = not rag or best >= self.limits.rag_min_score
+            hits, evidence = self.ground(turn, hits, covered)
+            prompt, messages = self._fit(llm, turn, hits, evidence)
         except (SettingsError, PromptError, ModelChoiceError) as err:
             raise ChatInputError(str(err)) from err
         text = llm.tokenizer.decode(prompt.ids, skip_special_tokens=False)
-        return Prepared(turn, llm, messages, prompt, text, hits, list(prompt.notices))
+        notices = list(prompt.notices)
+        if not covered:
+            notices.append(
+                f"No source scored {self.limits.rag_min_score:.2f} or more (best "
+                f"{max(best, 0.0):.2f}): the answer says the documents do not cover this."
+            )
+        return Prepared(turn, llm, messages, prompt, text, hits, notices, evidence, covered)
 
-    def _fit(self, llm: LLM, turn: Turn, hits: list[Hit]) -> tuple[Prompt, list[dict[str, str]]]:
+    def ground(
+        self, turn: Turn, hits: list[Hit], covered: bool
+    ) -> tuple[list[Hit], list[Evidence]]:
+        """RAG: the candidates reranked by their best sentence (the library's embedder plus
+        keywords), cut to `rag_sources`, and that sentence as evidence from source [1]."""
+        if not hits or not covered or self.library is None:
+            return hits[: self.limits.rag_sources], []
+        return rerank(turn.message, hits, self.library.embedder.encode, self.limits.rag_sources)
+
+    def _fit(
+        self, llm: LLM, turn: Turn, hits: list[Hit], evidence: list[Evidence]
+    ) -> tuple[Prompt, list[dict[str, str]]]:
         """Fit the prompt to the budget: old turns go first, then the lowest-ranked sources."""
         n_retrieved = len(hits)
         max_new_tokens = turn.settings.max_new_tokens
         while True:
-            messages = self._messages(turn, hits)
+            messages = self._messages(turn, hits, [e for e in evidence if e.number <= len(hits)])
             try:
                 prompt = llm.fit_prompt(messages, max_new_tokens, self.limits.max_prompt_tokens)
             except SettingsError:
@@ -298,15 +372,25 @@ class ChatService:
                     "Your documents are still being indexed; ask again in a minute."
                 )
         prepared = self.prepare(turn, session)
+        reply = Reply(
+            "",
+            tuple(prepared.sources),
+            tuple(prepared.notices),
+            tuple(prepared.evidence),
+            model=prepared.llm.name,
+        )
+        if not prepared.covered:
+            yield replace(reply, text=not_covered(prepared.sources), done=True, finish_reason="eos")
+            return
         generation = prepared.llm.start(prepared.prompt, turn.settings, cancel)
-        reply = Reply("", tuple(prepared.sources), tuple(prepared.notices), model=prepared.llm.name)
         text = ""
         for piece in generation:
             text += piece.text
             yield replace(reply, text=text + piece.preview)
+        text = text.strip() or "(the model ended its turn without any text)"
         yield replace(
             reply,
-            text=text or "(the model ended its turn without any text)",
+            text=with_quote(text, prepared.evidence),
             done=True,
             finish_reason=generation.finish_reason,
             new_tokens=generation.new_tokens,

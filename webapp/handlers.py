@@ -17,7 +17,6 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import FileData
 
-from core.generate.settings import DEFAULTS
 from webapp.chat import (
     DEFAULT_SYSTEM_PROMPT,
     ChatInputError,
@@ -26,6 +25,7 @@ from webapp.chat import (
     Reply,
     answer_markdown,
     plain,
+    template_defaults,
     text_of,
 )
 from webapp.documents import FileResult
@@ -178,20 +178,22 @@ class Handlers:
         self,
         message: str,
         template: str = "chat",
-        mode: str = DEFAULTS.mode,
-        temperature: float = DEFAULTS.temperature,
-        top_k: int = DEFAULTS.top_k,
-        top_p: float = DEFAULTS.top_p,
-        num_beams: int = DEFAULTS.num_beams,
-        max_new_tokens: int = DEFAULTS.max_new_tokens,
-        repetition_penalty: float = DEFAULTS.repetition_penalty,
+        mode: str | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        repetition_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
         seed: int = -1,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         instruction: str = "",
         model: str = "default",
         request: gr.Request = None,  # type: ignore[assignment]
     ) -> Iterator[str]:
-        """One question (no history) -> the streamed answer; RAG answers end with their sources."""
+        """One question (no history) -> the streamed answer; RAG answers end with their sources.
+        A decoding knob left out takes the template's default (`webapp.chat.template_defaults`)."""
         chat = ChatRequest(
             message=message,
             template=template,
@@ -202,6 +204,7 @@ class Handlers:
             num_beams=num_beams,
             max_new_tokens=max_new_tokens,
             repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
             seed=seed,
             system_prompt=system_prompt,
             instruction=instruction,
@@ -209,6 +212,19 @@ class Handlers:
         )
         for reply in self._stream(chat, session_key(request)):
             yield answer_markdown(reply)
+
+    def template_changed(self, template: str) -> list[Any]:
+        """The template's own fields, and its decoding defaults in the knobs (still editable;
+        the reply length within the server's cap)."""
+        defaults = template_defaults(template)
+        cap = self.service.limits.max_new_tokens
+        return [
+            gr.update(interactive=template in ("zero-shot", "few-shot")),
+            gr.update(interactive=template == "few-shot"),
+            gr.update(value=min(defaults.max_new_tokens, cap)),
+            gr.update(value=defaults.repetition_penalty),
+            gr.update(value=defaults.no_repeat_ngram_size),
+        ]
 
     # -- documents ---------------------------------------------------------------------------------
 
@@ -287,10 +303,3 @@ def notices(reply: Reply, number: int) -> str:
 
 def mode_changed(mode: str) -> list[Any]:
     return [gr.update(interactive=knob in USES.get(mode, ())) for knob in KNOBS]
-
-
-def template_changed(template: str) -> list[Any]:
-    return [
-        gr.update(interactive=template in ("zero-shot", "few-shot")),
-        gr.update(interactive=template == "few-shot"),
-    ]

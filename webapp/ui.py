@@ -11,7 +11,7 @@ import gradio as gr
 
 from core.generate.settings import DEFAULTS
 from webapp.chat import DEFAULT_SYSTEM_PROMPT, TEMPLATES, ChatService
-from webapp.handlers import Handlers, mode_changed, template_changed
+from webapp.handlers import Handlers, mode_changed
 from webapp.models import hub_allowed
 
 MODES = [("Greedy", "greedy"), ("Sampling", "sample"), ("Beam search", "beam")]
@@ -128,6 +128,15 @@ def build_demo(service: ChatService) -> gr.Blocks:
                         info="1 = off",
                         elem_id="repetition",
                     )
+                    no_repeat = gr.Slider(
+                        0,
+                        10,
+                        DEFAULTS.no_repeat_ngram_size,
+                        step=1,
+                        label="No-repeat n-gram",
+                        info="never repeat a run of this many tokens; 0 = off",
+                        elem_id="no-repeat",
+                    )
                     seed = gr.Number(
                         -1,
                         precision=0,
@@ -198,6 +207,7 @@ def build_demo(service: ChatService) -> gr.Blocks:
             "num_beams": num_beams,
             "max_new_tokens": max_new,
             "repetition_penalty": repetition,
+            "no_repeat_ngram_size": no_repeat,
             "seed": seed,
             "template": template,
             "system_prompt": system,
@@ -208,7 +218,13 @@ def build_demo(service: ChatService) -> gr.Blocks:
         inputs = set(form.values())  # Gradio then passes one {component: value} dict
         knobs = [temperature, top_k, top_p, num_beams, seed, repetition]
         mode.change(mode_changed, mode, knobs, queue=False, **PRIVATE)
-        template.change(template_changed, template, [instruction, examples], queue=False, **PRIVATE)
+        template.change(
+            h.template_changed,
+            template,
+            [instruction, examples, max_new, repetition, no_repeat],
+            queue=False,
+            **PRIVATE,
+        )
 
         outputs = [box, chatbot, notice]
         submits = [

@@ -142,6 +142,12 @@ def test_upload_then_cited_rag_answer_then_beam_and_sampling(session, tmp_path):
     streamed = [b for b in bodies if b and b != "…"]
     assert len(streamed) >= 2, states  # the answer grew in place, token by token
     assert all(streamed[-1].startswith(b) for b in streamed)
+    # the evidence: quoted under the answer, and highlighted in its source
+    quote = "The vault under the old mill opens with the password PERIWINKLE."
+    assert f'"{quote}" [1] (mill-notes.pdf, page 2)' in answer
+    assert quote in s.page.locator("#chatbot mark").all_inner_texts()
+    ARTIFACTS.mkdir(exist_ok=True)
+    s.page.screenshot(path=str(ARTIFACTS / "browser-rag-evidence.png"), full_page=True)
 
     s.page.locator("#show-prompt").click()
     s.page.wait_for_function("document.querySelector('#prompt-info').innerText.includes('tokens')")

@@ -5,18 +5,21 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from core import checkpoint
 from core.config import ModelConfig
 from core.generate.engine import Generation
-from core.generate.settings import GenerationSettings
+from core.generate.prompts import NOT_COVERED
+from core.generate.settings import DEFAULTS, GenerationSettings
 from core.model import Decoder
 from core.tokenizer import Tokenizer
 from ingest import Embedder
 from tests.ingest.pdfs import text_pdf
 from webapp.chat import (
+    RAG_DEFAULTS,
     ChatInputError,
     ChatLimits,
     ChatRequest,
@@ -177,7 +180,10 @@ def test_rag_cites_numbered_sources_from_the_sessions_documents(service, library
         service.prepare(request, "session-b")
 
 
-def test_a_rag_question_during_indexing_waits_for_it(service, library):
+def test_a_rag_question_during_indexing_waits_for_it(registry, library):
+    # a prompt cap that four sources overflow: the lowest-ranked ones go, and the answer says so
+    limits = ChatLimits(max_new_tokens=12, max_prompt_tokens=400)
+    service = ChatService(registry, library, limits=limits)
     pages = [f"Paragraph {i} about harbour logistics and tide tables. " * 30 for i in range(12)]
     pages[7] = "The harbour master's password is CORAL-LANTERN."
     worker = threading.Thread(
@@ -306,3 +312,47 @@ def test_one_reply_is_one_pass_and_decodes_the_ids_show_prompt_shows(service, sm
     assert started[0] == shown.ids
     assert shown.text == smollm2.tokenizer.decode(shown.ids, skip_special_tokens=False)
     assert replies[-1].done and replies[-1].text == "".join(pieces) != ""
+
+
+def test_rag_defaults_apply_when_the_client_sends_no_knobs(service):
+    rag = service.settings(ChatRequest("q", template="rag"))
+    cap = service.limits.max_new_tokens  # the fixture's server caps replies at 12 tokens
+    assert rag == replace(RAG_DEFAULTS, max_new_tokens=min(RAG_DEFAULTS.max_new_tokens, cap))
+    assert rag.no_repeat_ngram_size > 0 and not rag.penalize_prompt  # what stops loops
+    chat = service.settings(ChatRequest("q"))
+    assert chat == replace(DEFAULTS, max_new_tokens=min(DEFAULTS.max_new_tokens, cap))
+    mine = service.settings(ChatRequest("q", template="rag", no_repeat_ngram_size=0, top_k=5))
+    assert mine.no_repeat_ngram_size == 0 and mine.top_k == 5  # still the client's to override
+
+
+def test_rag_evidence_is_a_sentence_of_source_one_and_the_answer_quotes_it(service, library):
+    pages = [
+        "Cover page about nothing in particular.",
+        "Lighthouses guide ships. The lighthouse keeper's cat is named Marmalade Tusk. "
+        "The lamp is lit at dusk.",
+    ]
+    assert library.add_files("session-a", [("keeper.pdf", text_pdf(pages))])[0].ok
+    request = ChatRequest("What is the name of the lighthouse keeper's cat?", template="rag")
+    prepared = service.prepare(request, "session-a")
+    evidence = prepared.evidence[0]  # the best of the (up to two) quoted sentences
+    assert (evidence.number, evidence.source, evidence.page) == (1, "keeper.pdf", 2)
+    assert evidence.sentence == "The lighthouse keeper's cat is named Marmalade Tusk."
+    assert evidence.sentence in prepared.sources[0].text and prepared.sources[0].page == 2
+    assert f'from [1]: "{evidence.sentence}"' in prepared.text  # shown by "Show prompt"
+    final = list(service.reply(request, "session-a"))[-1]
+    assert f'\n\n> "{evidence.sentence}" [1] (keeper.pdf, page 2)' in final.text
+    assert f"<mark>{evidence.sentence}</mark>" in answer_markdown(final).replace("\\", "")
+
+
+def test_a_question_the_documents_do_not_cover_is_answered_so_without_the_model(
+    service, library, smollm2, monkeypatch
+):
+    # related enough to be retrieved (cosine 0.14), far below the 0.45 an answer needs
+    text = b"Football clubs train on grass pitches in winter."
+    assert library.add_files("session-a", [("clubs.txt", text)])[0].ok
+    monkeypatch.setattr(smollm2, "start", lambda *a, **k: pytest.fail("the model was asked"))
+    request = ChatRequest("Who won the 1966 football world cup final?", template="rag")
+    [final] = list(service.reply(request, "session-a"))
+    assert final.done and final.text.startswith(NOT_COVERED)
+    assert "closest passages: [1] clubs.txt, page 1" in final.text and final.evidence == ()
+    assert any("the documents do not cover this" in n for n in final.notices)
