@@ -20,6 +20,7 @@ from ingest import Hit
 # or a line ending in ':' (manuals introduce examples that way) ends one too.
 _BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n\s*\n|(?<=:)\n")
 _WORD = re.compile(r"\w+")
+_LEADER = re.compile(r"(?:\. ?){4,}")  # a table of contents' or index's dot leaders
 MAX_SENTENCE_CHARS = 320
 KEYWORD_WEIGHT = 0.5  # tuned on the train split of bench/rag_answers.py
 STOPWORDS = frozenset(
@@ -47,11 +48,12 @@ class Evidence:
 
 
 def sentences(text: str) -> list[str]:
-    """The sentences of a passage, whitespace collapsed; fragments of under three words dropped."""
+    """The sentences of a passage, whitespace collapsed; fragments of under three words and
+    table-of-contents lines dropped."""
     out = []
     for part in _BOUNDARY.split(text):
         sentence = " ".join(part.split())
-        if len(_WORD.findall(sentence)) < 3:
+        if len(_WORD.findall(sentence)) < 3 or _LEADER.search(sentence):
             continue
         if len(sentence) > MAX_SENTENCE_CHARS:
             sentence = sentence[:MAX_SENTENCE_CHARS].rsplit(" ", 1)[0] + " …"

@@ -29,6 +29,11 @@ def test_sentences_split_on_stops_blank_lines_and_colons():
         "set title 'x'; plot sin(x) OK. e.g. this one stays whole.",  # 'Example:' is one word
     ]
     assert sentences("Fig 3") == []  # fragments of under three words carry no evidence
+    assert sentences("174 command-line options . . . . . . . . 12") == []  # a contents line
+    assert sentences("Read the manual... It helps a lot.") == [
+        "Read the manual...",
+        "It helps a lot.",
+    ]
     assert len(sentences("word " * 200)[0]) <= 322
 
 
