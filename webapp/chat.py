@@ -311,6 +311,7 @@ class ChatService:
             covered = not rag or best >= self.limits.rag_min_score
             hits, evidence = self.ground(turn, hits, covered)
             prompt, messages = self._fit(llm, turn, hits, evidence)
+            evidence = [e for e in evidence if e.number <= len(hits)]  # fitting may drop sources
         except (SettingsError, PromptError, ModelChoiceError) as err:
             raise ChatInputError(str(err)) from err
         text = llm.tokenizer.decode(prompt.ids, skip_special_tokens=False)
@@ -338,7 +339,8 @@ class ChatService:
         n_retrieved = len(hits)
         max_new_tokens = turn.settings.max_new_tokens
         while True:
-            messages = self._messages(turn, hits, [e for e in evidence if e.number <= len(hits)])
+            kept = [e for e in evidence if e.number <= len(hits)]
+            messages = self._messages(turn, hits, kept)
             try:
                 prompt = llm.fit_prompt(messages, max_new_tokens, self.limits.max_prompt_tokens)
             except SettingsError:

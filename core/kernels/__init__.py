@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.kernels import ops
+from core.kernels import build, ops
 from core.kernels.build import available, cpu_flags
 from core.layers import CausalSelfAttention, KVCache, RMSNorm
 from core.model import Decoder
@@ -26,9 +26,7 @@ __all__ = ["available", "batched", "cpu_flags", "layout", "prepare", "set_layout
 
 
 def status() -> str:
-    """ "on", or why the C kernels are off on this machine."""
-    from core.kernels import build
-
+    """'on', or why the C kernels are off on this machine."""
     build.library()
     return build.reason
 

@@ -202,6 +202,7 @@ def test_a_rag_question_during_indexing_waits_for_it(registry, library):
     worker.join()
     assert final.sources and final.sources[0].page == 8
     assert any("best of 4 sources to fit the prompt budget" in n for n in final.notices)
+    assert all(e.number <= len(final.sources) for e in final.evidence)  # quotes only kept ones
 
 
 def test_sources_are_shown_as_inert_text():
