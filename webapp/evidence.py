@@ -65,10 +65,11 @@ def find_evidence(
     question: str,
     hits: Sequence[Hit],
     encode: Callable[[Sequence[str]], np.ndarray],
-    k: int = 1,
+    k: int | None = 1,
     keyword_weight: float = KEYWORD_WEIGHT,
 ) -> list[Evidence]:
-    """The `k` sentences of `hits` closest to `question`, best first; `hits[i]` is source i + 1.
+    """The `k` (None: all) sentences of `hits` closest to `question`, best first; `hits[i]` is
+    source i + 1.
 
     Score: cosine of the embeddings plus `keyword_weight` times the share of the question's
     words (weighted by rarity among these sentences) that the sentence contains, since exact
@@ -86,7 +87,7 @@ def find_evidence(
             continue
         seen.add(sentence)
         found.append(Evidence(n, sentence, hit.source, hit.page, float(scores[i])))
-        if len(found) == k:
+        if k is not None and len(found) == k:
             break
     return found
 
@@ -111,7 +112,7 @@ def rerank(
 ) -> tuple[list[Hit], list[Evidence]]:
     """The `keep` hits whose best sentence scores highest (the best sentence decides), best
     first, and the `n_evidence` best sentences among them, numbered for the reordered list."""
-    ranked = find_evidence(question, hits, encode, k=10_000)
+    ranked = find_evidence(question, hits, encode, k=None)
     order: list[int] = []
     for e in ranked:
         if e.number not in order:
