@@ -1,10 +1,14 @@
-"""Generation speed: our decoder vs `transformers.generate` on the same dense SmolLM2 weights.
+"""Generation speed: our decoder vs `transformers.generate` on the same SmolLM2 GGUF.
 
 Greedy, sampling (top-k 50, top-p 0.9, T 0.7) and beam search (4 beams); a ~100-token prompt and
-exactly N new tokens (EOS ignored by both, so both do the same work); fp32 and bf16; one process.
-Prints tokens/s, time to first token and peak extra memory, with the ratio ours / transformers.
+exactly N new tokens (EOS ignored by both, so both do the same work); one process. Paths: "fp32"
+and "bf16" (both dense, against transformers in the same dtype), "auto" (what the app loads:
+`LLM.load("default")`, the GGUF's Q4_1/Q8_0 blocks on our kernels where they run, against
+transformers fp32 and bf16). Prints tokens/s, time to first token and peak extra memory, with
+the ratio ours / transformers; with --llama-cpp, llama.cpp (llama-cpp-python) greedy on the same
+file, or the reason it cannot run.
 
-    .venv/bin/python bench/decode.py [--new-tokens 128] [--threads 2] [--dtypes fp32,bf16]
+    .venv/bin/python bench/decode.py [--new-tokens 128] [--threads 2] [--dtypes fp32,bf16,auto]
 
 `--profile` adds, per dtype, where one greedy step's time goes (the weight matmuls through
 `core.kernels.linear`, against everything else, with the top torch ops of the rest) and how far
@@ -170,20 +174,55 @@ def profile(llm: LLM, ids: list[int], label: str, steps: int = 24) -> None:
         )
 
 
+def run_llama_cpp(ids: list[int], n: int, threads: int) -> tuple[float, float] | str:
+    """(tokens/s after the first, seconds to the first token) of llama.cpp greedy on the same
+    GGUF and prompt ids, or why it cannot run here."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return (
+            "llama-cpp-python is not installed (`pip install llama-cpp-python` compiles "
+            "llama.cpp from source; on the 2-core dev VM it did not finish within 15 minutes)"
+        )
+    from core.load import smollm2_gguf_path
+
+    llm = Llama(str(smollm2_gguf_path()), n_ctx=len(ids) + n + 8, n_threads=threads, verbose=False)
+    best = (0.0, 1e9)
+    for _ in range(2):
+        llm.reset()
+        start = time.perf_counter()
+        tokens = llm.generate(ids, top_k=1, temp=0.0, reset=True)
+        next(tokens)
+        first = time.perf_counter()
+        for _ in range(n - 1):
+            next(tokens)
+        rate = (n - 1) / (time.perf_counter() - first)
+        best = (max(best[0], rate), min(best[1], first - start))
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--dtypes", default="fp32,bf16,auto")
     parser.add_argument("--modes", default="greedy,sample,beam")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="add the per-step profile")
+    parser.add_argument("--llama-cpp", action="store_true", help="add llama.cpp, greedy")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n, rows = args.new_tokens, []
+    pairs = []  # (label, our load arguments, transformers dtype)
     for label in args.dtypes.split(","):
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[label]
-        ours = LLM.load("default", device="cpu", dtype=dtype)
+        if label == "auto":
+            pairs += [("auto/fp32", {}, torch.float32), ("auto/bf16", {}, torch.bfloat16)]
+        else:
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[label]
+            pairs.append((label, dict(dtype=dtype, quantize="none"), dtype))
+    for label, load_args, dtype in pairs:
+        ours = LLM.load("default", device="cpu", **load_args)
+        print(f"{label}: {ours.description}", flush=True)
         theirs = load_reference(dtype)
         theirs.generation_config.eos_token_id = None
         ids = ours.tokenizer.encode(ours.render([{"role": "user", "content": PROMPT}]))
@@ -210,22 +249,27 @@ def main() -> None:
                         mem_theirs.extra_mb,
                     )
                 )
-        if args.profile:
+        if args.profile and ours.model.wte.weight.is_floating_point():  # dense matrices only
             profile(ours, ids, label)
         del ours, theirs
+    llama = run_llama_cpp(ids, n, args.threads) if args.llama_cpp else None
     print(
         f"\ngeneration, prompt {len(ids)} tokens, {n} new tokens, {args.threads} threads, "
-        f"best of {args.repeats}, torch {torch.__version__}"
+        f"best of {args.repeats}, torch {torch.__version__}, kernels {kernels.status()}"
     )
     print(
-        f"{'dtype':<5} {'mode':<7} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} "
+        f"{'ours/hf':<9} {'mode':<7} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} "
         f"{'ours TTFT':>9} {'hf TTFT':>8} {'ours +MB':>8} {'hf +MB':>7}"
     )
     for label, mode, ours_tps, hf_tps, ttft_o, ttft_h, mem_o, mem_h in rows:
         print(
-            f"{label:<5} {mode:<7} {ours_tps:>10.1f} {hf_tps:>9.1f} {ours_tps / hf_tps:>6.2f} "
+            f"{label:<9} {mode:<7} {ours_tps:>10.1f} {hf_tps:>9.1f} {ours_tps / hf_tps:>6.2f} "
             f"{ttft_o:>8.3f}s {ttft_h:>7.3f}s {mem_o:>8.0f} {mem_h:>7.0f}"
         )
+    if isinstance(llama, str):
+        print(f"llama.cpp: skipped: {llama}")
+    elif llama is not None:
+        print(f"llama.cpp greedy: {llama[0]:.1f} tok/s, TTFT {llama[1]:.3f}s (same GGUF, same ids)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Model loading: a source (`default`, a GGUF, our checkpoint, a Hugging Face dir or hub id) ->
-config + state + tokenizer, and the device and dtype to place them on. Training and serving
-share it."""
+config + state + tokenizer, and the device, dtype and weight quantization to place them in.
+Training and serving share it; only quantized loads touch `core.kernels` (imported then)."""
 
 from __future__ import annotations
 
@@ -79,8 +79,14 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     return DTYPES[dtype]
 
 
-def read_source(source: str | Path) -> tuple[Any, dict[str, torch.Tensor], Any, str]:
-    """(config, state, tokenizer, display name) of `default`, a GGUF, a checkpoint or an HF dir."""
+QUANTIZE = ("none", "gguf", "int8", "q4", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+
+
+def read_source(
+    source: str | Path, keep_quantized: bool = False
+) -> tuple[Any, dict[str, torch.Tensor], Any, str]:
+    """(config, state, tokenizer, display name) of `default`, a GGUF, a checkpoint or an HF dir;
+    with `keep_quantized`, a GGUF's block-quantized matrices stay packed (`weights.Packed`)."""
     if str(source) == "default":
         try:
             path = smollm2_gguf_path()
@@ -92,14 +98,14 @@ def read_source(source: str | Path) -> tuple[Any, dict[str, torch.Tensor], Any, 
                     f"{err} Offline, so the hub copy ({DEFAULT_HUB_ID}) is not an option."
                 ) from err
             return (*_from_hub(DEFAULT_HUB_ID)[:3], DEFAULT_MODEL_NAME)
-        config, state, tok = weights.load_gguf(path)
+        config, state, tok = weights.load_gguf(path, keep_quantized)
         return config, state, tok, DEFAULT_MODEL_NAME
     path = Path(source).expanduser()
     if not path.exists():
         return _from_hub(str(source))
     checkpoint.refuse_pickle(path)
     if path.is_file() and path.suffix.lower() == ".gguf":
-        return (*weights.load_gguf(path), path.stem)
+        return (*weights.load_gguf(path, keep_quantized), path.stem)
     if path.is_file():
         raise ModelLoadError(f"{path}: not a model; give a .gguf file or a checkpoint directory.")
     if checkpoint.is_checkpoint_dir(path):
@@ -108,7 +114,7 @@ def read_source(source: str | Path) -> tuple[Any, dict[str, torch.Tensor], Any, 
         return (*weights.load_hf_dir(path), path.name)
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
-        return (*weights.load_gguf(ggufs[0]), ggufs[0].stem)
+        return (*weights.load_gguf(ggufs[0], keep_quantized), ggufs[0].stem)
     raise ModelLoadError(f"{path}: no config.json or .gguf inside; this is not a model directory.")
 
 
@@ -136,15 +142,36 @@ def load_model(
     *,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
+    quantize: str = "none",
 ) -> tuple[Decoder, Any, str]:
-    """(model in eval mode on its device, tokenizer, name) for any source `read_source` takes."""
+    """(model in eval mode on its device, tokenizer, name) for any source `read_source` takes.
+
+    `quantize`: "none" (dense), "gguf" (a GGUF's matrices stay in their stored block types),
+    "int8" (Q8_0), "q4" (Q4_1) or a type name for any source; the packed matrices run on
+    `core.kernels` (CPU only) and `dtype` then applies to the dense tensors left."""
+    if quantize not in QUANTIZE:
+        raise ModelLoadError(f"quantize={quantize!r} is not supported; use one of {QUANTIZE}.")
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
-    try:
-        config, state, tokenizer, name = read_source(source)
-        model = checkpoint.build_model(
-            config, state, source=str(source), device=target, dtype=torch_dtype
+    if quantize != "none" and target.type != "cpu":
+        raise ModelLoadError(
+            f"quantize={quantize!r} runs on the CPU kernels only; load on {target} with "
+            'quantize="none".'
         )
+    try:
+        config, state, tokenizer, name = read_source(source, keep_quantized=quantize == "gguf")
+        if quantize in ("none", "gguf") and all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            model = checkpoint.build_model(
+                config, state, source=str(source), device=target, dtype=torch_dtype
+            )
+        else:
+            from core.kernels.quantize import packed_model, quantize_state
+
+            if quantize != "gguf":
+                state = quantize_state(state, quantize)
+            model = packed_model(config, state, torch_dtype)
     except (CheckpointError, WeightsError) as err:
         raise ModelLoadError(str(err)) from err
     if tokenizer is None:

@@ -114,8 +114,7 @@ class Decoder(nn.Module):
             raise ContextLengthError(
                 f"{start + T} tokens exceed the model's context of {self.config.block_size}."
             )
-        table = self.wte.weight if self.embed_grad else self.wte.weight.detach()
-        x = F.embedding(idx, table).to(self.activation_dtype())  # (B, T, C)
+        x = self.embed(idx).to(self.activation_dtype())  # (B, T, C)
         rope = None
         if self.config.position == "learned":
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
@@ -138,6 +137,11 @@ class Decoder(nn.Module):
         elif select is not None:
             x = x[select]  # (N, C)
         return self.output(self.ln_f(x))  # (B, T, vocab)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token embeddings: rows of wte (B, T) -> (B, T, C)."""
+        table = self.wte.weight if self.embed_grad else self.wte.weight.detach()
+        return F.embedding(idx, table)
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """The LM head: hidden states (..., C) -> logits (..., vocab), tied to wte or its own."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from core.config import ConfigError, ModelConfig
+from core.gguf_file import PACKED_TYPES, Packed
 
 Tensors = dict[str, torch.Tensor]
 
@@ -319,25 +320,40 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def load_gguf(path: str | Path) -> tuple[ModelConfig, Tensors, Any]:
-    """Import a GGUF file: dequantize every tensor to float32 and map names onto ours."""
+def _stack(items: list[np.ndarray | Packed]) -> np.ndarray | Packed:
+    """Rows stacked (Q, K, V; gate, up): packed if every part is, else dense fp32."""
+    if all(isinstance(i, Packed) for i in items):
+        return Packed.cat(items)
+    return np.concatenate([i.dequantize().numpy() if isinstance(i, Packed) else i for i in items])
+
+
+def load_gguf(
+    path: str | Path, keep_quantized: bool = False
+) -> tuple[ModelConfig, dict[str, torch.Tensor | Packed], Any]:
+    """Import a GGUF file and map names onto ours: every tensor dequantized to float32, or with
+    `keep_quantized` the matrices in `PACKED_TYPES` kept as their blocks (`Packed`)."""
+    import struct
+
     import gguf
 
+    from core.gguf_file import Reader
     from core.tokenizer import Tokenizer
 
     path = Path(path)
     try:
-        reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError, KeyError) as err:
+        reader = Reader(path)
+    except (ValueError, OSError, IndexError, KeyError, struct.error) as err:
         raise WeightsError(f"{path}: not a readable GGUF file ({err}).") from err
     config = config_from_gguf(reader, path)
     arch = config.name
     raw = {t.name: t for t in reader.tensors}
 
-    def t(name: str) -> np.ndarray:
+    def t(name: str) -> np.ndarray | Packed:
         if name not in raw:
             raise WeightsError(f"{path}: the GGUF lacks tensor {name!r}.")
         tensor = raw[name]
+        if keep_quantized and tensor.tensor_type.name in PACKED_TYPES and len(tensor.shape) == 2:
+            return Packed.of(tensor.tensor_type.name, tensor.data, int(tensor.shape[0]), copy=False)
         try:
             value = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
             return np.ascontiguousarray(value, dtype=np.float32)
@@ -347,11 +363,17 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, Tensors, Any]:
                 f"cannot be dequantized ({err})."
             ) from err
 
-    def qk(name: str, n_head: int) -> np.ndarray:
+    def qk(name: str, n_head: int) -> np.ndarray | Packed:
         # llama.cpp permutes llama-family Q/K for its interleaved RoPE; qwen2 is stored as is
-        return _unpermute(t(name), n_head) if arch == "llama" else t(name)
+        value = t(name)
+        if arch != "llama":
+            return value
+        if isinstance(value, Packed):  # whole rows move: the packed blocks permute alike
+            (qtype, data), k = value.parts[0], value.shape[1]
+            return Packed.of(qtype, _unpermute(data.numpy(), n_head), k)
+        return _unpermute(value, n_head)
 
-    state: dict[str, np.ndarray] = {
+    state: dict[str, np.ndarray | Packed] = {
         "wte.weight": t("token_embd.weight"),
         "ln_f.weight": t("output_norm.weight"),
     }
@@ -361,9 +383,9 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, Tensors, Any]:
         state |= {
             a + "ln_1.weight": t(p + "attn_norm.weight"),
             a + "ln_2.weight": t(p + "ffn_norm.weight"),
-            a + "attn.qkv.weight": np.concatenate([q, k, t(p + "attn_v.weight")]),
+            a + "attn.qkv.weight": _stack([q, k, t(p + "attn_v.weight")]),
             a + "attn.proj.weight": t(p + "attn_output.weight"),
-            a + "mlp.fc.weight": np.concatenate([t(p + "ffn_gate.weight"), t(p + "ffn_up.weight")]),
+            a + "mlp.fc.weight": _stack([t(p + "ffn_gate.weight"), t(p + "ffn_up.weight")]),
             a + "mlp.proj.weight": t(p + "ffn_down.weight"),
         }
         if config.attn_bias:
@@ -373,5 +395,8 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, Tensors, Any]:
     if not config.tied_embeddings:
         state["lm_head.weight"] = t("output.weight")
     # F32 tensors come straight from the read-only memory map: copy those, share the rest.
-    tensors = {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in state.items()}
+    tensors = {
+        k: v if isinstance(v, Packed) else torch.from_numpy(v if v.flags.writeable else v.copy())
+        for k, v in state.items()
+    }
     return config, tensors, Tokenizer.from_gguf(reader)

@@ -59,10 +59,21 @@ class LLM:
         *,
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
+        quantize: str = "auto",
     ) -> LLM:
-        """Load `default`, a .gguf, a checkpoint, an HF dir or a hub id, ready to decode."""
-        model, tokenizer, name = load_model(source, device=device, dtype=dtype)
-        return cls(model=kernels.prepare(model), tokenizer=tokenizer, name=name)
+        """Load `default`, a .gguf, a checkpoint, an HF dir or a hub id, ready to decode.
+
+        `quantize="auto"` without a dtype takes the fastest faithful path on this machine
+        (`kernels.choose`); otherwise see `core.load.load_model`."""
+        quantize, dtype = kernels.choose(device, dtype, quantize)
+        model, tokenizer, name = load_model(source, device=device, dtype=dtype, quantize=quantize)
+        model = kernels.prepare(model)
+        return cls(model=model, tokenizer=tokenizer, name=name, path=kernels.describe(model))
+
+    @property
+    def description(self) -> str:
+        """The model and its path, for the model status: e.g. name, weight types, kernels."""
+        return f"{self.name} ({self.path})" if self.path else self.name
 
     @property
     def config(self) -> Any:

@@ -5,7 +5,11 @@ It swaps the classes of the model's modules for subclasses below (parameters, na
 unchanged) that call `cpu.c` for decoding steps (a few rows) and fall back to torch otherwise;
 keeps bf16 weights with fp32 activations (x86 CPUs without native bf16 emulate every bf16 op);
 and, where the C kernel is off, stores fp32 matrices transposed, which torch's one-row matmuls
-read fastest. `core/layers.py` and `core/model.py` stay the formulas.
+read fastest. Matrices kept in GGUF block types are `quant.QuantLinear` / `QuantEmbedding`
+modules (built by `quantize.packed_model`), which `prepare` leaves as they are. A decoding step
+of a Llama-family model runs all its blocks in one C call (`fused.step`). `describe` says which
+path a model runs on, `choose` which path `LLM.load` takes by default. `core/layers.py` and
+`core/model.py` stay the formulas.
 """
 
 from __future__ import annotations
@@ -17,18 +21,64 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.kernels import build, ops
+from core.kernels import build, fused, ops
 from core.kernels.build import available, cpu_flags
+from core.kernels.quant import QuantEmbedding, QuantLinear
 from core.layers import CausalSelfAttention, KVCache, RMSNorm
 from core.model import Decoder
 
-__all__ = ["available", "batched", "cpu_flags", "layout", "prepare", "set_layout", "status"]
+__all__ = [
+    "available",
+    "batched",
+    "choose",
+    "cpu_flags",
+    "describe",
+    "layout",
+    "prepare",
+    "set_layout",
+    "status",
+]
 
 
 def status() -> str:
-    """'on', or why the C kernels are off on this machine."""
+    """'on (avx512)' / 'on (avx2)', or why the C kernels are off on this machine."""
     build.library()
-    return build.reason
+    return f"on ({build.isa})" if build.reason == "on" else build.reason
+
+
+def choose(device: str | None, dtype: str | torch.dtype | None, quantize: str) -> tuple:
+    """(quantize, dtype) for `load_model`: with quantize "auto" and no dtype, the fastest path
+    that keeps the model's numbers on this machine. On CPU with our kernels a GGUF's block types
+    stay packed (faster than its dequantized fp32 and 5x smaller); dense weights keep their
+    stored precision, since bf16 (faster still, bench/README.md) would round them: it is
+    `dtype="bf16"`. Without the kernels, or on a GPU, dense in the default dtype. An explicit
+    dtype or quantize is taken as asked."""
+    if quantize != "auto":
+        return quantize, dtype
+    if dtype not in (None, "auto") or (device is not None and torch.device(device).type != "cpu"):
+        return "none", dtype
+    if device is None and torch.cuda.is_available():
+        return "none", dtype
+    return ("gguf" if available() else "none"), dtype
+
+
+def describe(model: nn.Module) -> str:
+    """How `model`'s matrices are stored and what multiplies them, for the model status."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, QuantLinear | QuantEmbedding):
+            for qtype, data in module.packed.parts:
+                counts[qtype] = counts.get(qtype, 0) + data.numel()
+        elif isinstance(module, nn.Linear | nn.Embedding):
+            name = str(module.weight.dtype).removeprefix("torch.").replace("float", "fp")
+            name = name.replace("bfp16", "bf16")
+            counts[name] = (
+                counts.get(name, 0) + module.weight.numel() * module.weight.element_size()
+            )
+    total = sum(counts.values()) or 1
+    parts = [f"{k} {v / total:.0%}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
+    where = f"our C kernels ({build.isa})" if available() else f"torch (C kernels: {status()})"
+    return f"weights {' + '.join(parts)} of bytes, on {where}"
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,12 +126,37 @@ class FastAttention(CausalSelfAttention):
 
 
 class FastDecoder(Decoder):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        select: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = fused.step(self, idx, cache) if select is None else None  # one C call: all blocks
+        if x is None:
+            return super().forward(idx, cache, last_only, select)
+        return self.output(self.ln_f(x))  # (B, 1, vocab)
+
     def activation_dtype(self) -> torch.dtype:
         p = self.wte.weight
-        return torch.float32 if p.device.type == "cpu" and p.dtype == torch.bfloat16 else p.dtype
+        cpu = p.device.type == "cpu"
+        return torch.float32 if cpu and p.dtype in (torch.bfloat16, torch.uint8) else p.dtype
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.wte(idx) if isinstance(self.wte, QuantEmbedding) else super().embed(idx)
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.wte.weight if self.lm_head is None else self.lm_head.weight)
+        head = self.wte if self.lm_head is None else self.lm_head
+        if isinstance(head, QuantEmbedding):
+            return head.logits(x)
+        if isinstance(head, QuantLinear):
+            return head(x)
+        return linear(x, head.weight)
+
+    def num_parameters(self) -> int:
+        packed = [m for m in self.modules() if isinstance(m, QuantLinear | QuantEmbedding)]
+        return super().num_parameters() + sum(m.packed.shape[0] * m.packed.shape[1] for m in packed)
 
 
 SWAPS = {
@@ -121,6 +196,7 @@ def set_layout(model: nn.Module, new: str) -> nn.Module:
         raise ValueError(f"layout must be 'row' or 'transposed', got {new!r}.")
     if new == layout(model):
         return model
+    model.__dict__.pop("_fused_plan", None)  # it points at the matrices about to be replaced
     for module in model.modules():
         if isinstance(module, nn.Linear | nn.Embedding):
             w = module.weight

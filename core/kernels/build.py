@@ -1,8 +1,14 @@
-"""Build and load `cpu.c` (our decoding kernels) once per machine; say why when they are off.
+"""Build and load our decoding kernels (cpu.c, quant.c, step.c) once per machine; say why not.
 
-The shared library is built with gcc into ~/.cache/scratchgpt/kernels (SCRATCHGPT_CACHE moves it),
-named by a hash of the source and flags, and written atomically, so concurrent first uses and
-source changes are safe. How much faster than torch: `bench/decode.py`.
+Each instruction set gets its own library: "avx2" (AVX2 + FMA + F16C, the floor), "avx512"
+(AVX-512 F/BW/VL/DQ on top), picked at run time from the CPU's flags, so a CPU never loads code
+it cannot run; "avx512bf16" (AVX512-BF16 dot products in quant.c) only when asked for.
+SCRATCHGPT_KERNELS=0 turns them off (torch only); SCRATCHGPT_KERNELS=avx2 (or avx512,
+avx512bf16) picks one; tests compare them in one process (`forced`).
+
+A library is built with gcc into ~/.cache/scratchgpt/kernels (SCRATCHGPT_CACHE moves it), named
+by a hash of the sources and flags, and written atomically, so concurrent first uses and source
+changes are safe. How much faster than torch: `bench/decode.py`, `bench/quantized.py`.
 """
 
 from __future__ import annotations
@@ -16,17 +22,33 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu.c")
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "cpu.c", HERE / "quant.c", HERE / "step.c")
+HEADERS = (HERE / "kernels.h",)
+FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+# instruction set -> (compiler flags, CPU flags it needs), best first
+_AVX2 = (("-mavx2", "-mfma", "-mf16c"), {"avx2", "fma", "f16c"})
+_AVX512 = (
+    (*_AVX2[0], "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"),
+    _AVX2[1] | {"avx512f", "avx512bw", "avx512vl", "avx512dq"},
+)
+ISAS = {
+    "avx512bf16": ((*_AVX512[0], "-mavx512bf16"), _AVX512[1] | {"avx512_bf16"}),
+    "avx512": _AVX512,
+    "avx2": _AVX2,
+}
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
 reason = "not loaded yet"  # why the kernel is off, for logs and `python -m core info`
+isa = ""  # the instruction set of the loaded library
 
 
 def cpu_flags() -> set[str]:
@@ -46,12 +68,14 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def build(target_dir: Path | None = None) -> Path:
-    """Compile cpu.c (if not already built for this source and these flags); the .so path."""
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+def build(target_dir: Path | None = None, variant: str = "avx2") -> Path:
+    """Compile the sources for `variant` (unless already built from these sources and flags);
+    the .so path."""
+    flags = (*FLAGS, *ISAS[variant][0])
+    text = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS))
+    digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:16]
     target_dir = target_dir or cache_dir()
-    target = target_dir / f"cpu-{digest}.so"
+    target = target_dir / f"cpu-{variant}-{digest}.so"
     if target.exists():
         return target
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
@@ -61,7 +85,7 @@ def build(target_dir: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
         partial = Path(tmp) / target.name
         done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"],
+            [compiler, *flags, *map(str, SOURCES), "-o", str(partial), "-lm"],
             capture_output=True,
             text=True,
         )
@@ -78,8 +102,23 @@ def library() -> ctypes.CDLL | None:
     return _load()
 
 
+def pick_isa() -> str | None:
+    """The best instruction set this CPU runs (or SCRATCHGPT_KERNELS names); None where none."""
+    wanted = os.environ.get("SCRATCHGPT_KERNELS", "auto").lower()
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    flags = cpu_flags()
+    for name, (_, needs) in ISAS.items():
+        # avx512bf16 only when asked: no faster than avx512 on the Zen 4 we measured, and its
+        # split activations are exact to ~1e-5 rather than fp32's ~1e-7 (bench/README.md)
+        auto = wanted in ("auto", "1", "on") and name != "avx512bf16"
+        if (auto or wanted == name) and needs <= flags:
+            return name
+    return None
+
+
 def _load() -> ctypes.CDLL | None:
-    global _lib, _tried, reason
+    global _lib, _tried, reason, isa
     with _lock:
         if _tried:
             return _lib
@@ -87,28 +126,56 @@ def _load() -> ctypes.CDLL | None:
         if os.environ.get("SCRATCHGPT_KERNELS", "1").lower() in ("0", "off", "false", "no"):
             reason = "disabled by SCRATCHGPT_KERNELS"
             return None
-        if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= cpu_flags():
-            reason = "this CPU lacks AVX2+FMA"
+        variant = pick_isa()
+        if variant is None:
+            reason = "this CPU lacks AVX2+FMA+F16C"
             return None
         try:
-            lib = ctypes.CDLL(str(build()))
+            lib = ctypes.CDLL(str(build(variant=variant)))
         except (OSError, RuntimeError) as err:
             reason = f"could not build the kernel: {err}"
             log.warning("core.kernels: %s; decoding uses torch's matmul.", reason)
             return None
-        p, i = ctypes.c_void_p, ctypes.c_int
-        lib.linear_f32.argtypes = [p, p, p, p, i, i, i, i]
-        lib.linear_f32.restype = None
-        lib.linear_bf16w.argtypes = [p, p, p, p, i, i, i, i]
-        lib.linear_bf16w.restype = None
-        f = ctypes.c_float
-        lib.rms_norm.argtypes = [p, p, i, p, i, i, f]
-        lib.rms_norm.restype = None
-        lib.attend_one.argtypes = [p, p, p, p, p, p, i, i, i, i, i, i, i]
-        lib.attend_one.restype = ctypes.c_int
-        _lib, reason = lib, "on"
+        bind(lib)
+        _lib, reason, isa = lib, "on", variant
         return lib
+
+
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the kernels' C signatures on a loaded library (any variant)."""
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.linear_f32.argtypes = [p, p, p, p, i, i, i, i]
+    lib.linear_f32.restype = None
+    lib.linear_bf16w.argtypes = [p, p, p, p, i, i, i, i]
+    lib.linear_bf16w.restype = None
+    f = ctypes.c_float
+    lib.rms_norm.argtypes = [p, p, i, p, i, i, f]
+    lib.rms_norm.restype = None
+    lib.attend_one.argtypes = [p, p, p, p, p, p, i, i, i, i, i, i, i]
+    lib.attend_one.restype = ctypes.c_int
+    lib.linear_q.argtypes = [i, p, p, p, p, i, i, i, i, i]
+    lib.linear_q.restype = ctypes.c_int
+    lib.dequant_rows.argtypes = [i, p, p, p, i, i, i]
+    lib.dequant_rows.restype = ctypes.c_int
+    lib.decode_layers.argtypes = [p, p, p, i, p, p, p, p, i, i, i]
+    lib.decode_layers.restype = ctypes.c_int
+    return lib
 
 
 def available() -> bool:
     return library() is not None
+
+
+@contextmanager
+def forced(variant: str | None) -> Iterator[None]:
+    """Meanwhile use the `variant` library (None: torch only) instead of the one picked; how tests
+    and benchmarks compare the paths in one process. Not thread-safe: for tests and benches."""
+    global _lib, isa
+    library()
+    saved = _lib, isa
+    _lib = None if variant is None else bind(ctypes.CDLL(str(build(variant=variant))))
+    isa = variant or ""
+    try:
+        yield
+    finally:
+        _lib, isa = saved

@@ -1,0 +1,122 @@
+"""Matrices kept in GGUF block types (`core.weights.Packed`) as model modules, on `quant.c`.
+
+`QuantLinear` and `QuantEmbedding` stand in for `nn.Linear` and `nn.Embedding`. A decoding step
+(at most `ops.MAX_ROWS` rows) multiplies by the packed blocks directly; prefill dequantizes a
+slice of rows at a time (in C) and runs torch's fp32 GEMM on it, so no dense copy of the model is
+ever held. Without the C kernels the blocks are dequantized by gguf's reference code on every
+call: slow, but the same numbers (the path tests force with SCRATCHGPT_KERNELS=0).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.kernels.build import library
+from core.kernels.ops import MAX_ROWS
+from core.weights import Packed
+
+TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14}  # ggml's numbering
+CHUNK = 1 << 22  # weights dequantized at once for prefill: 16 MiB of fp32, in the caches
+
+
+def dequantize_part(qtype: str, data: torch.Tensor, k: int, rows: torch.Tensor | None = None):
+    """fp32 rows of one packed part: all of them, or those at `rows` (int64 indices)."""
+    lib = library()
+    if lib is None:
+        picked = data if rows is None else data[rows]
+        return Packed.of(qtype, picked.numpy(), k).dequantize()
+    n = data.shape[0] if rows is None else rows.numel()
+    out = torch.empty(n, k)
+    idx = None if rows is None else rows.contiguous()
+    status = lib.dequant_rows(
+        TYPE_IDS[qtype],
+        data.data_ptr(),
+        None if idx is None else idx.data_ptr(),
+        out.data_ptr(),
+        n,
+        k,
+        torch.get_num_threads(),
+    )
+    if status:
+        raise MemoryError("core.kernels: no memory to unpack a row")
+    return out
+
+
+def linear(x: torch.Tensor, packed: Packed, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 x (..., K) @ W^T + bias for a packed W (N, K)."""
+    N, K = packed.shape
+    rows = x.numel() // K
+    x2 = x.reshape(rows, K).float().contiguous()
+    y = torch.empty(rows, N)
+    lib = library()
+    threads, col = torch.get_num_threads(), 0
+    for qtype, data in packed.parts:
+        n = data.shape[0]
+        if lib is not None and rows <= MAX_ROWS:  # a decoding step: straight from the blocks
+            status = lib.linear_q(
+                TYPE_IDS[qtype],
+                x2.data_ptr(),
+                data.data_ptr(),
+                None if bias is None else bias.data_ptr() + 4 * col,
+                y.data_ptr() + 4 * col,
+                rows,
+                n,
+                K,
+                N,
+                threads,
+            )
+            if status:
+                raise MemoryError("core.kernels: no memory to unpack a row")
+        else:  # prefill: GEMM on dequantized slices of rows
+            step = max(1, CHUNK // K)
+            for start in range(0, n, step):
+                part = torch.arange(start, min(n, start + step))
+                w = dequantize_part(qtype, data, K, None if step >= n else part)
+                y[:, col + start : col + start + w.shape[0]] = x2 @ w.t()
+            if bias is not None:
+                y[:, col : col + n] += bias[col : col + n]
+        col += n
+    return y.view(*x.shape[:-1], N)
+
+
+class QuantLinear(nn.Module):
+    """y = x W^T + b with W kept packed; an inference-only stand-in for `nn.Linear`."""
+
+    def __init__(self, packed: Packed, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.packed = packed
+        self.out_features, self.in_features = packed.shape
+        self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.packed, self.bias)
+
+    def extra_repr(self) -> str:
+        types = "+".join(qtype for qtype, _ in self.packed.parts)
+        return f"in_features={self.in_features}, out_features={self.out_features}, {types}"
+
+
+class QuantEmbedding(nn.Module):
+    """Rows of a packed table by token id; also the tied LM head (`logits`)."""
+
+    def __init__(self, packed: Packed) -> None:
+        super().__init__()
+        self.packed = packed
+        self.num_embeddings, self.embedding_dim = packed.shape
+        # the blocks, under the name code asks for the model's device (`model.wte.weight`)
+        self.register_buffer("weight", packed.parts[0][1], persistent=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        flat = idx.reshape(-1).long()
+        out = torch.empty(flat.numel(), self.embedding_dim)
+        start = 0
+        for qtype, data in self.packed.parts:
+            hit = (flat >= start) & (flat < start + data.shape[0])
+            if hit.any():
+                out[hit] = dequantize_part(qtype, data, self.embedding_dim, flat[hit] - start)
+            start += data.shape[0]
+        return out.view(*idx.shape, self.embedding_dim)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.packed)
