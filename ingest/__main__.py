@@ -1,7 +1,9 @@
-"""CLI: `python -m ingest add FILES... | list | delete DOC... | query "..." [-k N]`.
+"""CLI: `python -m ingest add FILES... | list | delete DOC... | query "..." [-k N] [--explain]`.
 
 `--collection NAME` picks the owner's collection (default "default"); `--store DIR` the embedded
 store (default data/chroma); CHROMA_HOST/CHROMA_PORT (or --host/--port) use a Chroma server.
+`query --mode` picks dense, keyword, hybrid or hybrid+rerank (the default); `--explain` prints
+each hit's ranks and scores. `list` and `delete` never load the embedding model.
 Errors a user can fix are printed as one sentence, with exit status 1.
 """
 
@@ -37,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("-k", type=int, default=5)
     query.add_argument("--min-score", type=float, default=-1.0)
     query.add_argument("--mmr", action="store_true")
+    query.add_argument(
+        "--mode",
+        choices=("dense", "keyword", "hybrid", "hybrid+rerank"),  # ingest.retrieve.MODES
+        default="hybrid+rerank",
+        help="ranking (default hybrid+rerank)",
+    )
+    query.add_argument("--reranker", default="coverage", help="hybrid+rerank's reranker")
+    query.add_argument("--explain", action="store_true", help="why each hit ranked where it did")
     return parser
 
 
@@ -98,14 +108,24 @@ def main(argv: list[str] | None = None) -> int:
                 for name in args.documents:
                     print(f"Deleted {name!r}: {store.delete(name)} chunks.")
                 return 0
-            hits = retrieve(store, args.text, args.k, min_score=args.min_score, mmr=args.mmr)
+            hits = retrieve(
+                store,
+                args.text,
+                args.k,
+                min_score=args.min_score,
+                mmr=args.mmr,
+                mode=args.mode,
+                reranker=args.reranker,
+            )
             for rank, hit in enumerate(hits, start=1):
                 snippet = " ".join(hit.text.split())[:160]
                 print(f"{rank}. [{hit.score:.3f}] {hit.source} p.{hit.page}  {snippet}")
+                if args.explain and hit.why is not None:
+                    print(f"   why: {hit.why.describe()}")
             if not hits:
                 print("No matching passages.")
             return 0
-    except IngestError as exc:
+    except (IngestError, ValueError) as exc:  # ValueError: an unknown or unusable reranker
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -61,6 +61,16 @@ def default_model_path() -> str:
     return str(get_model_path())
 
 
+def model_dimension(model_path: str | None = None) -> int:
+    """The vector size of a sentence-transformers model, read from its pooling config: what a
+    store checks its collection against without loading torch (`ingest list` stays fast)."""
+    import json
+    from pathlib import Path
+
+    config = Path(model_path or default_model_path()) / "1_Pooling" / "config.json"
+    return int(json.loads(config.read_text())["word_embedding_dimension"])
+
+
 def quantize_int8(model: Any) -> Any:
     """The model with every nn.Linear replaced by a dynamically quantised int8 one: weights
     int8 per output channel, activations quantised per batch at run time, sums in int32."""

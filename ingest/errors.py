@@ -64,3 +64,7 @@ class StoreUnavailableError(IngestError):
 
 class DocumentNotFoundError(IngestError):
     """Delete or lookup of a document that is not in the collection."""
+
+
+class QueryError(IngestError):
+    """A search query that cannot be searched: empty, too long, or without a word in it."""

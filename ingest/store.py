@@ -5,6 +5,11 @@ process gets `StoreLockedError` instead of a hang; a Chroma server through `Http
 `CHROMA_HOST`/`CHROMA_PORT` (or host/port) are given. Collections are stamped with the embedder's
 name and dimension. A document is added whole or not at all: a journal entry is written before its
 chunks and removed after; entries left by a crash (kill -9) are rolled back when the store reopens.
+
+Each collection has a keyword index (`ingest.keyword_index`) in files beside the store (under
+`<store>/keyword/`, or `data/keyword/<host>-<port>/` for a server), written after Chroma on add and
+delete and brought back in line with Chroma on open and whenever their chunk counts differ. The
+embedder loads on first use, so listing and deleting never load the model.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from chromadb.config import Settings
 
 from ingest.chunking import Chunk, chunk_document, load_tokenizer
-from ingest.embeddings import Embedder
+from ingest.embeddings import MODEL_NAME, Embedder, model_dimension
 from ingest.errors import (
     DocumentNotFoundError,
     EmbedderMismatchError,
@@ -34,6 +39,7 @@ from ingest.errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
+from ingest.keyword_index import KeywordIndex
 from ingest.loaders import Document, FileLimits, load_document
 
 DEFAULT_PATH = Path("data/chroma")
@@ -147,15 +153,19 @@ class Store:
         embedder: Embedder | None = None,
         recreate: bool = False,
         write_batch: int = EMBED_BATCH,
+        keyword_path: str | Path | None = None,
     ) -> None:
-        """Open (or create) `owner`'s collection; `recreate` drops it first (to re-index)."""
+        """Open (or create) `owner`'s collection; `recreate` drops it first (to re-index).
+        `keyword_path`: where the keyword indexes live (default: beside the store, see above)."""
         self.owner = owner
         self.write_batch = write_batch
         host = host or os.environ.get("CHROMA_HOST") or None
         port = port or int(os.environ.get("CHROMA_PORT") or 0) or None
         self._embedded: _Embedded | None = None
+        self._embedder, self._embedder_lock = embedder, threading.Lock()
         if host or port:
             self.location = f"{host or 'localhost'}:{port or 8000}"
+            default_keyword = DEFAULT_PATH.parent / "keyword" / self.location.replace(":", "-")
             try:
                 self.client = chromadb.HttpClient(
                     host=host or "localhost", port=port or 8000, settings=_settings()
@@ -170,8 +180,8 @@ class Store:
             self._embedded = _Embedded.acquire(Path(path or DEFAULT_PATH))
             self.location = self._embedded.path
             self.client = self._embedded.client
+            default_keyword = Path(self.location) / "keyword"
         try:
-            self.embedder = embedder or Embedder()  # after the lock: a locked store fails fast
             self.max_batch = int(self.client.get_max_batch_size())
             self._journal = self.client.get_or_create_collection(JOURNAL, embedding_function=None)
             if recreate and collection_name(owner) in {
@@ -180,9 +190,27 @@ class Store:
                 self.client.delete_collection(collection_name(owner))
             self.collection = self._open_collection()
             self._recover()
+            self.keyword = KeywordIndex(
+                Path(keyword_path or default_keyword) / self.collection.name
+            )
+            self.sync_keyword()
         except Exception:
             self.close()
             raise
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder, loaded on first use (listing and deleting never need it)."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                self._embedder = Embedder()
+            return self._embedder
+
+    def _stamp(self) -> dict[str, Any]:
+        """The embedder's name and dimension, read from the model files if it is not loaded."""
+        if self._embedder is not None:
+            return {"embedder": self._embedder.name(), "dimension": self._embedder.dimension}
+        return {"embedder": MODEL_NAME, "dimension": model_dimension()}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -199,7 +227,7 @@ class Store:
         self.close()
 
     def _open_collection(self) -> Any:
-        stamp = {"embedder": self.embedder.name(), "dimension": self.embedder.dimension}
+        stamp = self._stamp()
         col = self.client.get_or_create_collection(
             collection_name(self.owner),
             embedding_function=None,
@@ -319,6 +347,10 @@ class Store:
                 ) from exc
             raise
         self._journal.delete(ids=[jid])
+        if chunks:  # second write: a crash before it is repaired by `sync_keyword` on open
+            self.keyword.add(
+                doc_hash, chunks[0].source, [c.id for c in chunks], [c.text for c in chunks]
+            )
 
     def _add_batch(self, batch: list[Chunk], vectors: np.ndarray, written: int) -> int:
         self.collection.add(
@@ -370,24 +402,79 @@ class Store:
         for doc in matches:
             removed += doc.n_chunks
             self.collection.delete(where={"doc_hash": doc.doc_hash})
+            self.keyword.remove(doc.doc_hash)  # a crash before this is repaired on open
         return removed
 
     def count(self) -> int:
         """Number of chunks in the collection."""
         return int(self.collection.count())
 
+    # -- the keyword index -----------------------------------------------------------------------
+
+    def _all_ids(self) -> list[str]:
+        out: list[str] = []
+        while True:
+            got = self.collection.get(include=[], limit=self.max_batch, offset=len(out))
+            out.extend(got["ids"])
+            if len(got["ids"]) < self.max_batch:
+                return out
+
+    def _documents(self, chunk_ids: set[str]) -> dict[str, tuple[str, list[str], list[str]]]:
+        """{doc_hash: (source, chunk ids, texts)} of every document holding one of `chunk_ids`."""
+        ids = sorted(chunk_ids)
+        hashes: set[str] = set()
+        for first in range(0, len(ids), self.max_batch):
+            got = self.collection.get(
+                ids=ids[first : first + self.max_batch], include=["metadatas"]
+            )
+            hashes.update(str(meta["doc_hash"]) for meta in got["metadatas"])
+        out = {}
+        for doc_hash in sorted(hashes):
+            got = self.collection.get(
+                where={"doc_hash": doc_hash}, include=["documents", "metadatas"]
+            )
+            source = str(got["metadatas"][0]["source"]) if got["ids"] else ""
+            out[doc_hash] = (source, list(got["ids"]), [str(t) for t in got["documents"]])
+        return out
+
+    def sync_keyword(self) -> int:
+        """Bring the keyword index in line with Chroma (re-read what differs); documents redone."""
+        return self.keyword.sync(self._all_ids(), self._documents)
+
+    def keyword_search(
+        self, query: str, k: int, total: int | None = None
+    ) -> tuple[list[tuple[str, float]], dict[str, float]]:
+        """BM25 (`KeywordIndex.search`), after re-syncing if Chroma changed underneath (another
+        replica on a shared server, or a crash between the two writes). `total`: the caller's
+        `count()` of this query (each count is a Chroma call)."""
+        if self.keyword.count() != (self.count() if total is None else total):
+            self.sync_keyword()
+        return self.keyword.search(query, k)
+
+    def chunks(self, ids: list[str], *, with_embeddings: bool = True) -> dict[str, Any]:
+        """Chroma's rows for these chunk ids (documents, metadatas, and embeddings if asked)."""
+        include = ["documents", "metadatas", *(["embeddings"] if with_embeddings else [])]
+        return self.collection.get(ids=ids, include=include)
+
     def query(
-        self, vectors: np.ndarray, k: int, *, with_embeddings: bool = False
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        with_embeddings: bool = False,
+        total: int | None = None,
     ) -> dict[str, Any]:
-        """Nearest chunks for each query vector (Chroma's result dict, cosine distances)."""
+        """Nearest chunks for each query vector (Chroma's result dict, cosine distances);
+        `total`: the caller's `count()`, saving a Chroma call."""
         include = ["documents", "metadatas", "distances"]
         if with_embeddings:
             include.append("embeddings")
-        k = max(1, min(k, self.count()))
+        k = max(1, min(k, self.count() if total is None else total))
         return self.collection.query(query_embeddings=vectors, n_results=k, include=include)
 
     def drop(self, *, recreate: bool = True) -> None:
         """Delete this owner's whole collection (to re-index, or for good when a session ends)."""
         self.client.delete_collection(self.collection.name)
+        self.keyword.clear(recreate=recreate)
         if recreate:
             self.collection = self._open_collection()

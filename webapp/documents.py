@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest import Embedder, FileLimits, Hit, IngestError, Store, retrieve
+from ingest import DEFAULT_MODE, Embedder, FileLimits, Hit, IngestError, Store, retrieve
+from ingest.retrieve import CANDIDATES
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
@@ -175,13 +176,22 @@ class Library:
         """Remove one of this session's documents (the shared library is read-only)."""
         return self._open(self.owner_for(key)).delete(source)
 
-    def search(self, key: str, query: str, k: int, min_score: float = 0.0) -> list[Hit]:
-        """The `k` best chunks from this session's documents and the shared library."""
+    def search(
+        self,
+        key: str,
+        query: str,
+        k: int,
+        min_score: float = 0.0,
+        *,
+        mode: str = DEFAULT_MODE,
+        candidates: int = CANDIDATES,
+    ) -> list[Hit]:
+        """The `k` best pages from this session's documents and the shared library, ranked
+        together (`ingest.retrieve`); `QueryError` for a query that cannot be searched."""
         stores = [self._open(self.owner_for(key))]
         if self.shared is not None:
             stores.append(self.shared)
-        hits = [hit for store in stores for hit in retrieve(store, query, k, min_score=min_score)]
-        return sorted(hits, key=lambda hit: -hit.score)[:k]
+        return retrieve(stores, query, k, min_score=min_score, mode=mode, candidates=candidates)
 
     def has_documents(self, key: str) -> bool:
         own = self._open(self.owner_for(key)).count()

@@ -1,5 +1,6 @@
 """Evidence for a RAG answer: the sentences of the retrieved sources that answer the question,
-found by the embedder at sentence level, so the answer can quote them with file and page.
+found by the embedder at sentence level, so the answer can quote them with file and page. (The
+sources' order is retrieval's: `ingest.retrieve`, whose rerankers score sentences the same way.)
 
 A 135M model copies a quoted sentence far more reliably than it finds one in four long passages,
 so the sentence is also what the prompt puts in front of it (`core.generate.prompts.rag`).
@@ -7,29 +8,18 @@ so the sentence is also what the prompt puts in front of it (`core.generate.prom
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from core.generate.prompts import NOT_COVERED
 from ingest import Hit
+from ingest.keyword_index import coverage
+from ingest.rerank import sentences
 
-# A sentence ends at . ! ? followed by space and a capital, quote, bracket or digit; a blank line
-# or a line ending in ':' (manuals introduce examples that way) ends one too.
-_BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n\s*\n|(?<=:)\n")
-_WORD = re.compile(r"\w+")
-_LEADER = re.compile(r"(?:\. ?){4,}")  # a table of contents' or index's dot leaders
-MAX_SENTENCE_CHARS = 320
+__all__ = ["Evidence", "excerpt", "find_evidence", "not_covered", "sentences", "with_quote"]
 KEYWORD_WEIGHT = 0.5  # tuned on the train split of bench/rag_answers.py
-STOPWORDS = frozenset(
-    _WORD.findall(
-        "a an the and or of to in on for with by at from is are was be do does did how what which "
-        "who whom when where why can could should would i you it its this that these those my "
-        "your me use used using get set make there their them than then as if into about"
-    )
-)
 
 
 @dataclass(frozen=True)
@@ -45,20 +35,6 @@ class Evidence:
     @property
     def label(self) -> str:
         return f"{self.source}, page {self.page}"
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of a passage, whitespace collapsed; fragments of under three words and
-    table-of-contents lines dropped."""
-    out = []
-    for part in _BOUNDARY.split(text):
-        sentence = " ".join(part.split())
-        if len(_WORD.findall(sentence)) < 3 or _LEADER.search(sentence):
-            continue
-        if len(sentence) > MAX_SENTENCE_CHARS:
-            sentence = sentence[:MAX_SENTENCE_CHARS].rsplit(" ", 1)[0] + " …"
-        out.append(sentence)
-    return out
 
 
 def find_evidence(
@@ -79,7 +55,7 @@ def find_evidence(
         return []
     texts = [s for _, _, s in candidates]
     vectors = encode([question, *texts])  # (1 + N, dim), normalised
-    scores = vectors[1:] @ vectors[0] + keyword_weight * keyword_overlap(question, texts)  # (N,)
+    scores = vectors[1:] @ vectors[0] + keyword_weight * coverage(question, texts)  # (N,)
     found, seen = [], set()
     for i in np.argsort(-scores, kind="stable"):
         n, hit, sentence = candidates[int(i)]
@@ -90,38 +66,6 @@ def find_evidence(
         if k is not None and len(found) == k:
             break
     return found
-
-
-def keyword_overlap(question: str, texts: Sequence[str]) -> np.ndarray:
-    """(N,) share of the question's content words in each text, each word weighted by its
-    inverse document frequency among `texts`."""
-    words = {w for w in _WORD.findall(question.lower()) if w not in STOPWORDS and len(w) > 1}
-    if not words or not texts:
-        return np.zeros(len(texts))
-    present = np.array([[w in set(_WORD.findall(t.lower())) for w in words] for t in texts])
-    idf = np.log((1 + len(texts)) / (1 + present.sum(0))) + 1.0  # (W,)
-    return (present * idf).sum(1) / idf.sum()
-
-
-def rerank(
-    question: str,
-    hits: Sequence[Hit],
-    encode: Callable[[Sequence[str]], np.ndarray],
-    keep: int,
-    n_evidence: int = 2,
-) -> tuple[list[Hit], list[Evidence]]:
-    """The `keep` hits whose best sentence scores highest (the best sentence decides), best
-    first, and the `n_evidence` best sentences among them, numbered for the reordered list."""
-    ranked = find_evidence(question, hits, encode, k=None)
-    order: list[int] = []
-    for e in ranked:
-        if e.number not in order:
-            order.append(e.number)
-    order += [n for n in range(1, len(hits) + 1) if n not in order]
-    kept = [hits[n - 1] for n in order[:keep]]
-    position = {n: i for i, n in enumerate(order[:keep], 1)}
-    evidence = [replace(e, number=position[e.number]) for e in ranked if e.number in position]
-    return kept, evidence[:n_evidence]
 
 
 def excerpt(text: str, around: str | None, max_chars: int) -> str:

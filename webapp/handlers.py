@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import FileData
 
+from ingest import DEFAULT_MODE
 from webapp.chat import (
     DEFAULT_SYSTEM_PROMPT,
     ChatInputError,
@@ -190,10 +191,12 @@ class Handlers:
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         instruction: str = "",
         model: str = "default",
+        retrieval: str = DEFAULT_MODE,
         request: gr.Request = None,  # type: ignore[assignment]
     ) -> Iterator[str]:
-        """One question (no history) -> the streamed answer; RAG answers end with their sources.
-        A decoding knob left out takes the template's default (`webapp.chat.template_defaults`)."""
+        """One question (no history) -> the streamed answer; RAG answers end with their sources
+        and why each ranked. A decoding knob left out takes the template's default
+        (`webapp.chat.template_defaults`); `retrieval` is RAG's mode (`ingest.MODES`)."""
         chat = ChatRequest(
             message=message,
             template=template,
@@ -209,6 +212,7 @@ class Handlers:
             system_prompt=system_prompt,
             instruction=instruction,
             model=model,
+            retrieval=retrieval,
         )
         for reply in self._stream(chat, session_key(request)):
             yield answer_markdown(reply)

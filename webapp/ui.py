@@ -10,6 +10,8 @@ from __future__ import annotations
 import gradio as gr
 
 from core.generate.settings import DEFAULTS
+from ingest import DEFAULT_MODE
+from ingest import MODES as RETRIEVAL_MODES
 from webapp.chat import DEFAULT_SYSTEM_PROMPT, TEMPLATES, ChatService
 from webapp.handlers import Handlers, mode_changed
 from webapp.models import hub_allowed
@@ -20,6 +22,11 @@ TEMPLATE_HELP = (
     "**zero-shot**: instruction + "
     "your message as input · **few-shot**: instruction, the example pairs, then your message · "
     "**rag**: your documents' best passages as numbered sources + your question."
+)
+RETRIEVAL_HELP = (
+    "How RAG finds sources: **dense** embeddings, **keyword** (BM25), **hybrid** (both), "
+    "**hybrid+rerank** (both, then the passage whose best sentence holds the question's words "
+    "wins). Open *Why these sources ranked* under an answer to see each source's scores."
 )
 PRIVATE = {"api_visibility": "private"}
 MODEL = {"concurrency_id": "model"}  # every event that runs the model shares the model's slots
@@ -195,6 +202,13 @@ def build_demo(service: ChatService) -> gr.Blocks:
                     with gr.Row():
                         doc_pick = gr.Dropdown([], label="Document", scale=3, elem_id="doc-pick")
                         delete = gr.Button("Delete", scale=1, elem_id="delete")
+                    retrieval = gr.Radio(
+                        list(RETRIEVAL_MODES),
+                        value=DEFAULT_MODE,
+                        label="Retrieval (RAG template)",
+                        info=RETRIEVAL_HELP,
+                        elem_id="retrieval",
+                    )
 
         form = {
             "message": box,
@@ -213,6 +227,7 @@ def build_demo(service: ChatService) -> gr.Blocks:
             "system_prompt": system,
             "instruction": instruction,
             "examples": examples,
+            "retrieval": retrieval,
         }
         h.fields = {component: name for name, component in form.items()}
         inputs = set(form.values())  # Gradio then passes one {component: value} dict

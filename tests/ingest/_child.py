@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from ingest import Embedder, IngestError, Store, retrieve
+from ingest import Embedder, IngestError, KeywordIndex, Store, retrieve
 
 
 def main() -> None:
@@ -29,6 +29,18 @@ def main() -> None:
         progress = lambda done, total: print(f"progress {done} {total}", flush=True)  # noqa: E731
         store.add_file(arg, progress=progress)
         print("done", flush=True)
+    elif command in ("add-then-hang", "delete-then-hang"):
+        # Chroma's write runs for real; the keyword index's write announces itself and waits
+        # there for the parent's kill -9, the crash between the two writes
+        def hang(*_: object) -> None:
+            print("between writes", flush=True)
+            time.sleep(600)
+
+        KeywordIndex.add = KeywordIndex.remove = hang  # type: ignore[method-assign]
+        if command == "add-then-hang":
+            store.add_file(arg)
+        else:
+            store.delete(arg)
     store.close()
 
 

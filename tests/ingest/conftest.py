@@ -78,7 +78,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict:
     if request.param == "embedded":
         return {"path": tmp_path / "store"}
     host, port = request.getfixturevalue("chroma_server")
-    return {"host": host, "port": port}
+    # the keyword index lives on this machine, beside nothing: keep it out of the repo's data/
+    return {"host": host, "port": port, "keyword_path": tmp_path / "keyword"}
 
 
 @pytest.fixture

@@ -90,3 +90,37 @@ def test_a_second_process_gets_a_clear_error_not_a_hang(tmp_path, embedder):
             assert other.count() == 0
     proc = _child("open", str(path), "lock", "-")
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"ok": True}
+
+
+def _crash_between_writes(command: str, path: Path, owner: str, arg: str) -> None:
+    """Run the child until Chroma's write is done and the keyword index's is due; kill -9."""
+    cmd = [sys.executable, "-m", "tests.ingest._child", command, str(path), owner, arg]
+    child = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    for line in child.stdout:
+        if line.startswith("between writes"):
+            os.kill(child.pid, signal.SIGKILL)
+            break
+    assert child.wait(timeout=60) == -signal.SIGKILL, "the child ended before the second write"
+
+
+def test_kill_9_between_the_chroma_and_keyword_writes_is_repaired_on_open(tmp_path, embedder):
+    path = tmp_path / "store"
+    ships, tides = tmp_path / "ships.txt", tmp_path / "tides.txt"
+    ships.write_text("The Marigold carried the spices from the eastern ports.")
+    tides.write_text("Spring tides flood the quay twice a month.")
+    with Store("both", path=path, embedder=embedder) as store:
+        store.add_file(ships)
+    # add: Chroma holds tides.txt, the keyword index never heard of it
+    _crash_between_writes("add-then-hang", path, "both", str(tides))
+    with Store("both", path=path, embedder=embedder) as store:
+        assert store.keyword.count() == store.count() == 2
+        hits = retrieve(store, "quay tides", k=2, mode="keyword")
+        assert [h.source for h in hits] == ["tides.txt"]
+    # delete: Chroma dropped ships.txt, the keyword index still has it
+    _crash_between_writes("delete-then-hang", path, "both", "ships.txt")
+    with Store("both", path=path, embedder=embedder) as store:
+        assert [d.source for d in store.list_documents()] == ["tides.txt"]
+        assert store.keyword.count() == store.count() == 1
+        assert retrieve(store, "Marigold spices", k=2, mode="keyword") == []

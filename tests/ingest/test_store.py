@@ -8,6 +8,7 @@ from ingest import (
     DocumentNotFoundError,
     EmbedderMismatchError,
     IngestError,
+    QueryError,
     Store,
     chunk_document,
     load_document,
@@ -174,7 +175,8 @@ def test_retrieve_threshold_mmr_and_arguments(make_store):
     assert strict and all(h.score >= 0.5 for h in strict)
     assert "tax.txt" not in {h.source for h in strict}
     assert [h.score for h in plain] == sorted((h.score for h in plain), reverse=True)
-    assert retrieve(store, "   ", k=3) == []
+    with pytest.raises(QueryError, match="empty"):  # said, not answered with nothing
+        retrieve(store, "   ", k=3)
     with pytest.raises(ValueError):
         retrieve(store, query, k=0)
 

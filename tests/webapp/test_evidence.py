@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.generate.prompts import NOT_COVERED
-from ingest import Embedder, Hit
-from webapp.evidence import excerpt, find_evidence, not_covered, rerank, sentences, with_quote
+from ingest import Embedder, EmbeddingReranker, Hit
+from webapp.evidence import excerpt, find_evidence, not_covered, sentences, with_quote
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +68,15 @@ def test_quote_and_not_covered_answers_name_file_and_page(encode):
     assert not_covered(hits) == f"{NOT_COVERED} The closest passages: [1] keeper.pdf, page 2."
 
 
-def test_rerank_puts_the_hit_with_the_best_sentence_first_and_renumbers_evidence(encode):
-    hits = [
-        hit("Colours come from the palette. Surfaces are drawn with splot.", page=40),
-        hit("Axes have tics. Set the x-axis label with set xlabel followed by the text.", page=88),
-        hit("The terminal decides the output format of every plot.", page=12),
+def test_the_embedding_reranker_scores_a_passage_by_its_best_sentence(encode):
+    texts = [
+        "Colours come from the palette. Surfaces are drawn with splot.",
+        "Axes have tics. Set the x-axis label with set xlabel followed by the text.",
+        "The terminal decides the output format of every plot.",
     ]
-    kept, evidence = rerank("How do I set the x-axis label?", hits, encode, keep=2)
-    assert kept[0].page == 88 and len(kept) == 2
-    assert evidence[0].number == 1 and "xlabel" in evidence[0].sentence
-    assert all(1 <= e.number <= 2 and e.sentence in kept[e.number - 1].text for e in evidence)
-    assert len(evidence) == 2
+    scores = EmbeddingReranker(encode).score("How do I set the x-axis label?", texts)
+    assert int(scores.argmax()) == 1
+    # the best sentence decides: padding the passage with unrelated sentences changes nothing
+    padded = texts[1] + " Bread rises overnight. The harbour is quiet in winter."
+    again = EmbeddingReranker(encode).score("How do I set the x-axis label?", [padded])
+    assert again[0] == pytest.approx(scores[1], abs=1e-5)
