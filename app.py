@@ -5,6 +5,8 @@ Settings (environment variables, all optional):
   SCRATCHGPT_MODEL           the default model: a .gguf, a checkpoint or Hugging Face model dir,
                              or a hub id where the hub is reachable (the packaged SmolLM2-135M)
   SCRATCHGPT_MODELS_DIR      checkpoints offered in the model selector (models)
+  SCRATCHGPT_RAG_MODEL       answers RAG questions to the default (models/smollm2-rag when
+                             `make rag-model` wrote it; "off": the default itself)
   SCRATCHGPT_DATA            embedded Chroma store (data/chroma)
   CHROMA_HOST / CHROMA_PORT  use a Chroma server instead of the embedded store
   SCRATCHGPT_LIBRARY         a shared read-only collection every session searches (unset: none)
@@ -39,9 +41,16 @@ def env_int(name: str, default: int) -> int:
 def main() -> None:
     try:  # checked before anything starts: a bad value stops the app with one line
         default = default_model(os.environ.get("SCRATCHGPT_MODEL"))
+        models = ModelRegistry(
+            os.environ.get("SCRATCHGPT_MODELS_DIR", "models"),
+            default=default,
+            rag=os.environ.get("SCRATCHGPT_RAG_MODEL"),
+        )
     except ModelConfigError as err:
         sys.exit(f"app.py: {err}")
     print(f"Default model: {default.name} ({default.source})", flush=True)
+    if models.rag:
+        print(f"RAG answers: {models.rag} (SCRATCHGPT_RAG_MODEL=off to disable)", flush=True)
     upload_mb = env_int("SCRATCHGPT_MAX_UPLOAD_MB", 20)
     library = Library(
         path=os.environ.get("SCRATCHGPT_DATA") or None,
@@ -51,7 +60,7 @@ def main() -> None:
     )
     start_sweeper(library, every_s=min(60.0, library.ttl_s / 4))
     service = ChatService(
-        ModelRegistry(os.environ.get("SCRATCHGPT_MODELS_DIR", "models"), default=default),
+        models,
         library,
         limits=ChatLimits(
             max_new_tokens=env_int("SCRATCHGPT_MAX_NEW_TOKENS", 512),

@@ -5,6 +5,7 @@ answer is scored against the short keys in `bench/rag_questions.json`.
     .venv/bin/python bench/rag_answers.py --check-keys    # each key is on its stated page
     .venv/bin/python bench/rag_answers.py --limit 5 --split train
     .venv/bin/python bench/rag_answers.py --out data/bench/answers.jsonl    # all, both splits
+    .venv/bin/python bench/rag_answers.py --rag-model off    # the default model, not smollm2-rag
 
 Prints per split: answers right (a key in the answer), degenerate answers (a 4-word sequence 4+
 times), right answers citing a source [n] that holds the key, "not in the documents" on the
@@ -265,11 +266,11 @@ def summary(rows: Sequence[dict], split: str) -> str:
     return "\n".join(lines)
 
 
-def run(questions: Sequence[dict], out: Path | None) -> list[dict]:
+def run(questions: Sequence[dict], out: Path | None, rag_model: str | None = None) -> list[dict]:
     from webapp.chat import ChatRequest, ChatService
     from webapp.models import ModelRegistry
 
-    service = ChatService(ModelRegistry(), open_library())
+    service = ChatService(ModelRegistry(ROOT / "models", rag=rag_model), open_library())
     if questions:  # load the model and embedder before the clock starts
         service.prepare(ChatRequest(message=questions[0]["question"], template="rag"), SESSION)
     rows = []
@@ -298,7 +299,7 @@ def evidence_only(questions: Sequence[dict]) -> None:
     from webapp.chat import ChatRequest, ChatService
     from webapp.models import ModelRegistry
 
-    service = ChatService(ModelRegistry(), open_library())
+    service = ChatService(ModelRegistry(ROOT / "models", rag="off"), open_library())
     rows = []
     for q in questions:
         prepared = service.prepare(ChatRequest(message=q["question"], template="rag"), SESSION)
@@ -346,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="every answer and its scores (jsonl)"
     )
     parser.add_argument("--check-keys", action="store_true", help="check the question set only")
+    parser.add_argument(
+        "--rag-model",
+        default=os.environ.get("SCRATCHGPT_RAG_MODEL"),
+        help="the app's SCRATCHGPT_RAG_MODEL: 'off' answers with the default model itself "
+        "(default: models/smollm2-rag when `make rag-model` wrote it)",
+    )
     parser.add_argument("--summary", type=Path, default=None, help="summarize a saved --out file")
     parser.add_argument(
         "--evidence-only", action="store_true", help="retrieval and evidence, no answers"
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-    report(run(questions, args.out))
+    report(run(questions, args.out, args.rag_model))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`python -m recipes prepare|pretrain|task|instruct|report|all`: the demo recipes of issue 6.
+"""`python -m recipes prepare|pretrain|task|instruct|report|all|rag-model`: the demo recipes
+(issue 6) and the grounded-QA fine-tune the app answers RAG questions with (issue 19).
 
 Each step reads what the previous ones wrote (`data/recipes/`, `models/`), so steps can be rerun
 one at a time; `all` runs them in order (what `make train-demo` does).
@@ -12,7 +13,7 @@ import sys
 from recipes import run
 from recipes.corpora import CorpusMissing
 
-STEPS = ("prepare", "pretrain", "task", "instruct", "eval", "report", "all")
+STEPS = ("prepare", "pretrain", "task", "instruct", "eval", "report", "all", "rag-model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": lambda: run.step_eval(demo, args.model, args.split, args.only, args.name),
         "report": lambda: run.step_report(demo),
         "all": lambda: run.step_all(demo),
+        "rag-model": lambda: run.step_rag_model(demo),
     }
     try:
         steps[args.step]()

@@ -1,6 +1,7 @@
 """Which models the app offers, and loading them once: the default (`SCRATCHGPT_MODEL`, checked
 at start-up, else the packaged SmolLM2), checkpoints under `models/`, and (on a machine with
-network) a Hugging Face hub id typed by the user."""
+network) a Hugging Face hub id typed by the user. RAG questions to the default go to the
+grounded-QA fine-tune (`make rag-model`, or `SCRATCHGPT_RAG_MODEL`) when there is one."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from core.weights import WeightsError, config_from_hf
 DEFAULT = "default"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MODEL_VARIABLE = "SCRATCHGPT_MODEL"
+RAG_VARIABLE = "SCRATCHGPT_RAG_MODEL"
+RAG_MODEL_NAME = "smollm2-rag"  # what `make rag-model` writes under models/
 WHAT_TO_SET = (
     f"set {MODEL_VARIABLE} to a .gguf file, a checkpoint or Hugging Face model directory, "
     "or a hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct' (unset: the packaged "
@@ -67,6 +70,34 @@ def default_model(value: str | None) -> DefaultModel:
         raise ModelConfigError(f"{path} does not exist")
     except ModelConfigError as err:
         raise ModelConfigError(f"{MODEL_VARIABLE}={value!r}: {err}; {WHAT_TO_SET}") from err
+
+
+def rag_model(value: str | None, models_dir: str | Path, default: DefaultModel) -> str | None:
+    """The model the RAG template answers with when the default is picked: `value` (of
+    `SCRATCHGPT_RAG_MODEL`: a checkpoint directory or .gguf file, or "off"), else
+    `models/smollm2-rag` when `make rag-model` wrote it and the default is the packaged SmolLM2
+    it was tuned from; None: the default answers RAG questions too."""
+    value = (value or "").strip()
+    if value.lower() in ("off", "none", "0"):
+        return None
+    if value:
+        try:
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise ModelConfigError(f"{path} does not exist")
+            return _local_model(path.resolve()).source
+        except ModelConfigError as err:
+            raise ModelConfigError(
+                f"{RAG_VARIABLE}={value!r}: {err}; set it to a checkpoint directory or .gguf "
+                "file, or to 'off' to answer RAG questions with the default model."
+            ) from err
+    found = Path(models_dir) / RAG_MODEL_NAME
+    if default.source == DEFAULT and is_checkpoint_dir(found):
+        try:
+            return _local_model(found.resolve()).source
+        except ModelConfigError:
+            return None  # a run still writing its first checkpoint: the default answers
+    return None
 
 
 def _local_model(path: Path) -> DefaultModel:
@@ -143,9 +174,13 @@ class ModelRegistry:
         default: DefaultModel | None = None,
         capacity: int = 2,
         loader: Callable[[str], LLM] = LLM.load,
+        rag: str | None = None,
     ) -> None:
+        """`rag`: a value for `rag_model` ("off" for none); unset, `models/smollm2-rag` is used
+        for RAG questions to the default when it exists."""
         self.models_dir = Path(models_dir)
         self.default = default or DefaultModel()
+        self.rag = rag_model(rag, self.models_dir, self.default)
         self.capacity = max(1, capacity)
         self._loader = loader
         self._loaded: OrderedDict[str, LLM] = OrderedDict()
@@ -165,6 +200,8 @@ class ModelRegistry:
         name = (name or DEFAULT).strip()
         if name in (DEFAULT, self.default.label, self.default.source):
             return self.default.source
+        if name == self.rag:
+            return name
         if name in {value for _, value in self.choices()}:
             return name
         if HUB_ID.match(name) and not Path(name).exists():
@@ -181,6 +218,17 @@ class ModelRegistry:
                 if hub_allowed()
                 else "."
             )
+        )
+
+    def for_template(self, name: str, template: str) -> tuple[LLM, str]:
+        """The model that answers `name`'s request with `template`, and a notice when that is
+        not the model picked: RAG questions to the default go to the grounded-QA model."""
+        if template != "rag" or self.rag is None or self.resolve(name) != self.default.source:
+            return self.get(name), ""
+        llm = self.get(self.rag)
+        return llm, (
+            f"Answered by {llm.name}: {self.default.name} fine-tuned to answer from sources "
+            f"(`make rag-model`); set {RAG_VARIABLE}=off to answer with the default itself."
         )
 
     def get(self, name: str) -> LLM:

@@ -36,6 +36,7 @@ RAG_INSTRUCTION = (
     "number like [1]. If the sources do not answer it, say: The documents do not cover this."
 )
 NOT_COVERED = "The documents do not cover this."
+DEFAULT_SYSTEM = "You are a helpful assistant. Answer briefly and accurately."
 
 
 def _required(value: str, field: str) -> str:

@@ -210,3 +210,52 @@ def test_app_serves_the_configured_model_over_chat(hf_dirs, tmp_path):
         stop_app(app)
     assert answer == local[-1].text  # greedy: exactly what the tiny Qwen2 writes
     assert f"Default model: tiny-qwen2 ({folder.resolve()})" in app.log.read_text()
+
+
+# -- the grounded-QA model for RAG (`make rag-model` -> models/smollm2-rag) ------------------------
+
+
+def test_rag_questions_to_the_default_go_to_models_smollm2_rag_and_say_so(smollm2, tmp_path):
+    models = tmp_path / "models"
+    tiny_checkpoint(models / "smollm2-rag")
+    loaded = []
+
+    def loader(source: str) -> LLM:
+        loaded.append(source)
+        return smollm2 if source == "default" else LLM.load(source)
+
+    registry = ModelRegistry(models, loader=loader)
+    assert registry.rag == str((models / "smollm2-rag").resolve())
+    llm, notice = registry.for_template("default", "rag")
+    assert llm.name == "smollm2-rag" and llm.config.n_layer == 1
+    assert "Answered by smollm2-rag" in notice and "SCRATCHGPT_RAG_MODEL=off" in notice
+    for template in ("chat", "zero-shot"):
+        assert registry.for_template("default", template) == (smollm2, "")
+    tiny = str(models / "smollm2-rag")
+    assert registry.for_template(tiny, "rag")[1] == ""  # picked by name: no notice
+
+    reply = list(
+        ChatService(registry).reply(ChatRequest("the lazy dog", template="chat", max_new_tokens=2))
+    )[-1]
+    assert reply.model == smollm2.name
+
+    off = ModelRegistry(models, loader=loader, rag="off")
+    assert off.rag is None and off.for_template("default", "rag") == (smollm2, "")
+
+
+def test_a_rag_model_is_used_only_for_the_packaged_default_or_when_set(tmp_path):
+    models = tmp_path / "models"
+    tiny_checkpoint(models / "smollm2-rag")
+    other = tiny_checkpoint(tmp_path / "my-run")
+    # tuned from SmolLM2: another default answers RAG questions itself ...
+    assert ModelRegistry(models, default=default_model(str(other))).rag is None
+    # ... unless SCRATCHGPT_RAG_MODEL names one
+    chosen = ModelRegistry(models, default=default_model(str(other)), rag=str(other))
+    assert chosen.rag == str(other.resolve())
+    assert ModelRegistry(tmp_path / "empty").rag is None
+    for value, why in ((tmp_path / "nowhere", "does not exist"), (tmp_path, "not a model dir")):
+        with pytest.raises(ModelConfigError) as err:
+            ModelRegistry(models, rag=str(value))
+        message = str(err.value)
+        assert message.startswith(f"SCRATCHGPT_RAG_MODEL={str(value)!r}: ") and why in message
+        assert "or to 'off'" in message
