@@ -87,6 +87,7 @@ class Tokenizer:
         self.bos_token, self.eos_token = bos_token, eos_token
         self.chat_template = chat_template
         self._template: Any = None  # compiled lazily: most callers never render a chat
+        self._literal: tokenizers.Tokenizer | None = None  # special-token text stays text
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -195,6 +196,39 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TokenizerError(f"can only encode str, got {type(text).__name__}.")
         return self.backend.encode(text, add_special_tokens=True).ids
+
+    def encode_literal(self, text: str) -> list[int]:
+        """Token ids for `text` as plain text: `<|im_end|>` written in it is characters, never
+        the control token (for text a user or a document supplies)."""
+        if self._literal is None:  # a copy: the flag on the shared backend would race
+            literal = tokenizers.Tokenizer.from_str(self.backend.to_str())
+            literal.encode_special_tokens = True
+            self._literal = literal
+        return self._literal.encode(text, add_special_tokens=False).ids
+
+    def encode_chat(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> tuple[list[int], list[int]]:
+        """(ids, ends) of a chat rendered by the template: only the template's own markers are
+        control tokens, every message's content is encoded as plain text; `ends[i]` is where
+        message i's tokens (with its template markers before it) end."""
+        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]  # private use: never in text
+        masked = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+        text = self.apply_chat_template(masked, add_generation_prompt)
+        ids: list[int] = []
+        ends: list[int] = []
+        at = 0
+        for message, mark in zip(messages, marks, strict=True):
+            found = text.find(mark, at)
+            if found < 0:
+                raise TokenizerError(
+                    "the chat template does not show each message's text as is; "
+                    "use a template that does (ChatML, Llama, Qwen and SmolLM2's all do)."
+                )
+            ids += self.encode(text[at:found]) + self.encode_literal(str(message["content"]))
+            ends.append(len(ids))
+            at = found + len(mark)
+        return ids + self.encode(text[at:]), ends
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text for `ids`; an id outside the vocabulary is an error, not silently dropped."""

@@ -20,12 +20,12 @@ from core.generate.engine import LLM, Prompt
 from core.generate.logits import SettingsError
 from core.generate.prompts import PromptError, Source
 from core.generate.settings import DEFAULTS, GenerationSettings
-from ingest import Hit
+from ingest import DEFAULT_MODE, MODES, Hit, IngestError
 from webapp.documents import Library
-from webapp.evidence import Evidence, excerpt, not_covered, rerank, with_quote
+from webapp.evidence import Evidence, excerpt, find_evidence, not_covered, with_quote
 from webapp.models import ModelChoiceError, ModelRegistry
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
+DEFAULT_SYSTEM_PROMPT = prompts.DEFAULT_SYSTEM
 TEMPLATES = ("chat", "zero-shot", "few-shot", "rag")
 
 
@@ -57,6 +57,10 @@ class ChatLimits:
     max_message_chars: int = 8000
     max_prompt_tokens: int = 4096
     max_examples: int = 16
+    # what a client sends beside its message: bounded, so one request cannot hold the model slot
+    max_history_turns: int = 200
+    max_history_chars: int = 200_000
+    max_field_chars: int = 8000  # system prompt, instruction, each few-shot example
     rag_sources: int = 4
     rag_candidates: int = 32  # retrieved, then reranked by their best sentence to rag_sources
     rag_source_chars: int = 700  # each source is cut to the sentences around its best one
@@ -76,6 +80,7 @@ class ChatRequest:
     instruction: str = ""
     examples: Sequence[tuple[str, str]] = ()
     model: str = "default"
+    retrieval: str = DEFAULT_MODE  # RAG: dense, keyword, hybrid or hybrid+rerank (ingest.MODES)
     # decoding knobs: None takes the template's default (`template_defaults`)
     mode: str | None = None
     temperature: float | None = None
@@ -152,9 +157,11 @@ def conversation(history: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     """User/assistant turns of a chat history, without the source lists the UI appended."""
     turns = []
     for turn in history:
-        if (turn.get("metadata") or {}).get("title"):  # UI-only messages (notices)
-            continue
+        if not isinstance(turn, dict) or (turn.get("metadata") or {}).get("title"):
+            continue  # not a message, or a UI-only one (notices)
         content = text_of(turn.get("content")).split(SOURCES_HEADER)[0]
+        if turn.get("role") == "assistant":  # as the model wrote it, not as `shown`
+            content = html.unescape(content.replace("!\\[", "!["))
         if turn.get("role") in ("user", "assistant") and content.strip():
             turns.append({"role": turn["role"], "content": content})
     return turns
@@ -172,7 +179,8 @@ def sources_markdown(
     hits: Sequence[Hit], evidence: Sequence[Evidence] = (), snippet_chars: int = 240
 ) -> str:
     """The numbered source list shown beneath a RAG answer: file, page, score and a snippet;
-    a source that holds evidence shows that sentence, highlighted, as its snippet."""
+    a source that holds evidence shows that sentence, highlighted, as its snippet. Beneath them,
+    folded until clicked, why each ranked where it did (`ingest.Why`)."""
     quoted: dict[int, list[str]] = {}
     for e in evidence:
         quoted.setdefault(e.number, []).append(e.sentence)
@@ -187,14 +195,30 @@ def sources_markdown(
             f"**\\[{n}\\]** {plain(hit.source)}, page {hit.page} · score {hit.score:.2f}  \n"
             f"{snippet}"
         )
+    why = [f"\\[{n}\\] {plain(h.why.describe())}" for n, h in enumerate(hits, 1) if h.why]
+    if why:  # on demand: a <details> block the reader opens
+        lines.append(
+            "<details><summary>Why these sources ranked</summary>\n\n"
+            + "  \n".join(why)
+            + "\n\n</details>"
+        )
     return "\n\n".join(lines)
+
+
+_IMAGE = re.compile(r"!\[")
+
+
+def shown(text: str) -> str:
+    """Model output (and the document text it quotes) as Markdown with no live HTML: tags are
+    shown as text, and an image is not fetched (a reply cannot build a form or call a server)."""
+    return _IMAGE.sub(r"!\\[", html.escape(text, quote=False))
 
 
 def answer_markdown(reply: Reply) -> str:
     """An answer as shown in the chat: the text, then its numbered sources beneath it."""
     if not reply.sources:
-        return reply.text
-    return reply.text + SOURCES_HEADER + sources_markdown(reply.sources, reply.evidence)
+        return shown(reply.text)
+    return shown(reply.text) + SOURCES_HEADER + sources_markdown(reply.sources, reply.evidence)
 
 
 class ChatService:
@@ -235,8 +259,8 @@ class ChatService:
                 max_new_tokens=max(1, min(budget, self.limits.max_new_tokens)),
                 seed=seed,
             )
-        except (TypeError, ValueError) as err:
-            raise ChatInputError(f"a decoding setting is not a number: {err}.") from err
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ChatInputError(f"a decoding setting is not a usable number: {err}.") from err
         try:
             settings.validate(
                 max_new_tokens_cap=self.limits.max_new_tokens, max_beams=self.limits.max_beams
@@ -261,7 +285,34 @@ class ChatService:
             raise ChatInputError(f"template must be one of {TEMPLATES}, got {request.template!r}.")
         if len(request.examples) > self.limits.max_examples:
             raise ChatInputError(f"Use at most {self.limits.max_examples} few-shot examples.")
+        self._check_sizes(request)
         return Turn(request, message, self.settings(request))
+
+    def _check_sizes(self, request: ChatRequest) -> None:
+        limits = self.limits
+        if not isinstance(request.history, Sequence) or isinstance(request.history, str):
+            raise ChatInputError("history must be a list of messages.")
+        if len(request.history) > limits.max_history_turns:
+            raise ChatInputError(
+                f"The chat history has {len(request.history)} messages; the limit is "
+                f"{limits.max_history_turns}. Clear the chat to go on."
+            )
+        chars = sum(len(text_of(t.get("content"))) for t in request.history if isinstance(t, dict))
+        if chars > limits.max_history_chars:
+            raise ChatInputError(
+                f"The chat history has {chars} characters; the limit is "
+                f"{limits.max_history_chars}. Clear the chat to go on."
+            )
+        fields = [("system prompt", request.system_prompt), ("instruction", request.instruction)]
+        fields += [
+            (f"few-shot example {i}", f"{a}{b}") for i, (a, b) in enumerate(request.examples, 1)
+        ]
+        for name, value in fields:
+            if len(str(value or "")) > limits.max_field_chars:
+                raise ChatInputError(
+                    f"The {name} has {len(str(value))} characters; the limit is "
+                    f"{limits.max_field_chars}."
+                )
 
     def _messages(
         self, turn: Turn, hits: list[Hit], evidence: list[Evidence]
@@ -291,23 +342,39 @@ class ChatService:
         return prompts.chat_messages(message, history, system)
 
     def retrieve(self, turn: Turn, session: str) -> list[Hit]:
+        """RAG: the `rag_sources` best pages in the request's retrieval mode (hybrid search and
+        rerank over `rag_candidates` from each list by default), best first."""
         if turn.request.template != "rag":
             return []
+        if turn.request.retrieval not in MODES:
+            raise ChatInputError(
+                f"retrieval must be one of {', '.join(MODES)}; got {turn.request.retrieval!r}."
+            )
         if self.library is None or not self.library.has_documents(session):
             raise ChatInputError(
                 "RAG answers from your documents, and none are indexed yet: upload a PDF, TXT or "
                 "MD file under Documents first, or switch the template to chat."
             )
-        return self.library.search(session, turn.message, self.limits.rag_candidates)
+        try:
+            return self.library.search(
+                session,
+                turn.message,
+                self.limits.rag_sources,
+                mode=turn.request.retrieval,
+                candidates=self.limits.rag_candidates,
+            )
+        except IngestError as err:  # a query that cannot be searched (QueryError), store trouble
+            raise ChatInputError(str(err)) from err
 
     def prepare(self, request: ChatRequest | Turn, session: str = "") -> Prepared:
         """The exact prompt (retrieval included) without generating: what "show prompt" shows
         and what `reply` decodes from."""
         turn = self.check(request)
         try:
-            llm = self.models.get(turn.request.model)
+            llm, picked = self.models.for_template(turn.request.model, turn.request.template)
             hits = self.retrieve(turn, session)
-            rag, best = turn.request.template == "rag", hits[0].score if hits else -1.0
+            # the best cosine among the sources: hybrid order may put a lower one first
+            rag, best = turn.request.template == "rag", max((h.score for h in hits), default=-1.0)
             covered = not rag or best >= self.limits.rag_min_score
             hits, evidence = self.ground(turn, hits, covered)
             prompt, messages = self._fit(llm, turn, hits, evidence)
@@ -315,7 +382,7 @@ class ChatService:
         except (SettingsError, PromptError, ModelChoiceError) as err:
             raise ChatInputError(str(err)) from err
         text = llm.tokenizer.decode(prompt.ids, skip_special_tokens=False)
-        notices = list(prompt.notices)
+        notices = [*prompt.notices, *([picked] if picked else [])]
         if not covered:
             notices.append(
                 f"No source scored {self.limits.rag_min_score:.2f} or more (best "
@@ -326,11 +393,12 @@ class ChatService:
     def ground(
         self, turn: Turn, hits: list[Hit], covered: bool
     ) -> tuple[list[Hit], list[Evidence]]:
-        """RAG: the candidates reranked by their best sentence (the library's embedder plus
-        keywords), cut to `rag_sources`, and that sentence as evidence from source [1]."""
+        """RAG: the sources in retrieval's order, cut to `rag_sources`, and the two sentences among
+        them that answer best (the library's embedder plus keywords) as evidence."""
+        hits = hits[: self.limits.rag_sources]
         if not hits or not covered or self.library is None:
-            return hits[: self.limits.rag_sources], []
-        return rerank(turn.message, hits, self.library.embedder.encode, self.limits.rag_sources)
+            return hits, []
+        return hits, find_evidence(turn.message, hits, self.library.embedder.encode, k=2)
 
     def _fit(
         self, llm: LLM, turn: Turn, hits: list[Hit], evidence: list[Evidence]

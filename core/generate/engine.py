@@ -51,6 +51,7 @@ class LLM:
     name: str
     max_new_tokens_cap: int = 2048  # server-side: no request may ask for more
     max_beams: int = 8
+    path: str = ""  # how the weights are stored and multiplied (`kernels.describe`)
 
     @classmethod
     def load(
@@ -109,14 +110,21 @@ class LLM:
             raise SettingsError("the last message is empty; type something to continue.")
         system = messages[:1] if messages[0].get("role") == "system" else []
         turns = messages[len(system) :]
-        dropped = 0
-        while True:
-            ids = self.tokenizer.encode(self.render(system + turns))
-            if len(ids) <= budget:
-                break
-            if len(turns) <= 1:
-                raise SettingsError(_too_long(len(ids), max_new_tokens, budget))
-            turns, dropped = turns[1:], dropped + 1
+        # one encoding of the whole chat gives each turn's length: dropping the oldest turns is
+        # then a sum, not a re-encoding per dropped turn (quadratic in a long history)
+        ids, ends = self.tokenizer.encode_chat(system + turns)
+        starts = [0, *ends[:-1]]
+        sizes = [end - start for start, end in zip(starts, ends, strict=True)][len(system) :]
+        total, dropped = len(ids), 0
+        while total > budget and dropped < len(turns) - 1:
+            total, dropped = total - sizes[dropped], dropped + 1
+        if dropped:  # once more with the turns kept: the template's edges may differ by a token
+            ids, _ = self.tokenizer.encode_chat(system + turns[dropped:])
+            while len(ids) > budget and dropped < len(turns) - 1:
+                dropped += 1
+                ids, _ = self.tokenizer.encode_chat(system + turns[dropped:])
+        if len(ids) > budget:
+            raise SettingsError(_too_long(len(ids), max_new_tokens, budget))
         if not dropped:
             return Prompt(ids, budget)
         notice = f"Dropped the {dropped} oldest message(s) to fit the {budget}-token prompt budget."

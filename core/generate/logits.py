@@ -33,10 +33,14 @@ def _real(name: str, value: object, allowed: str) -> float:
     return float(value)
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0  # beyond them logits / T overflow to inf or nan
+
+
 def _check_temperature(temperature: object) -> float:
-    t = _real("temperature", temperature, ">= 0 (0 means greedy)")
-    if t < 0:
-        raise SettingsError(f"temperature must be >= 0 (0 means greedy), got {temperature!r}.")
+    allowed = f"0 (greedy) or from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}"
+    t = _real("temperature", temperature, allowed)
+    if t != 0 and not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:
+        raise SettingsError(f"temperature must be {allowed}, got {temperature!r}.")
     return t
 
 

@@ -61,6 +61,13 @@ class GenerationSettings:
             raise SettingsError(
                 f"penalize_prompt must be true or false, got {self.penalize_prompt!r}."
             )
+        seed = self.seed
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
+        ):
+            raise SettingsError(
+                f"seed must be empty or a whole number from 0 to 2**63 - 1, got {seed!r}."
+            )
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise SettingsError("stop strings must be non-empty text.")
 

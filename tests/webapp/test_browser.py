@@ -239,7 +239,9 @@ def test_rejected_uploads_show_their_reason_and_the_app_keeps_working(session, t
 def test_html_and_scripts_in_a_retrieved_document_run_nothing(session, tmp_path):
     evil = tmp_path / "evil.md"
     evil.write_text(
-        "# Harbour notes\n\nThe harbour bell rings at dawn to call the fishing boats home.\n"
+        "# Harbour notes\n\nThe harbour bell rings at dawn to call the fishing boats home "
+        '<form action="http://127.0.0.1:9/steal"><input name="pw"></form> '
+        "![bell](http://127.0.0.1:9/bell.png) every day.\n"
         '<script>console.log("XSS-FIRED-script"); alert("xss")</script>\n'
         "<img src=x onerror=\"console.log('XSS-FIRED-img'); alert(2)\">\n"
         "[click for the timetable](javascript:console.log('XSS-FIRED-link'))\n"
@@ -257,6 +259,10 @@ def test_html_and_scripts_in_a_retrieved_document_run_nothing(session, tmp_path)
     time.sleep(1.0)
     assert chat.locator('a[href^="javascript"]').count() == 0
     assert chat.locator("script").count() == 0 and chat.locator('img[src="x"]').count() == 0
+    # the quoted evidence (model-side text) holds a form and a remote image: shown as text
+    assert "<form" in answer.split("Sources")[0] or "<form" in sources
+    assert chat.locator("form").count() == 0 and chat.locator("input").count() == 0
+    assert chat.locator('img[src^="http"]').count() == 0
     assert not s.dialogs, s.dialogs
     assert not [line for line in s.console if "XSS-FIRED" in line]
 

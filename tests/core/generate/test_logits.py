@@ -305,9 +305,13 @@ def test_sample_next_bf16():
 # --- bad settings -----------------------------------------------------------------------------
 
 BAD = [
-    (Temperature, -0.5, r"temperature must be >= 0 \(0 means greedy\), got -0.5\."),
-    (Temperature, math.nan, r"temperature must be a number >= 0 \(0 means greedy\), got nan\."),
-    (Temperature, math.inf, r"temperature must be a number >= 0"),
+    (Temperature, -0.5, r"temperature must be 0 \(greedy\) or from 0.01 to 100, got -0.5\."),
+    (
+        Temperature,
+        math.nan,
+        r"temperature must be a number 0 \(greedy\) or from 0.01 to 100, got nan\.",
+    ),
+    (Temperature, math.inf, r"temperature must be a number 0 \(greedy\)"),
     (Temperature, 0, r"temperature 0 means greedy decoding"),
     (Temperature, "0.7", r"temperature must be a number"),
     (TopP, 0, r"top_p must be in \(0, 1\], got 0\."),
