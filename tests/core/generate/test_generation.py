@@ -239,7 +239,7 @@ def test_server_prompt_cap_drops_old_turns_then_refuses(smollm2):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--temperature", "-1", "--mode", "sample"], "temperature must be 0 \\(greedy\\) or from"),
+        (["--temperature", "-1", "--mode", "sample"], "temperature must be 0 (greedy) or from"),
         (["--top-p", "1.5"], "top_p must be in (0, 1]"),
         (["--top-k", "-3"], "top_k must be a whole number >= 0"),
         (["--mode", "beam", "--beams", "0"], "num_beams must be a whole number from 1 to 8"),
