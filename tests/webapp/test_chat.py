@@ -285,12 +285,12 @@ def test_one_reply_is_one_pass_and_decodes_the_ids_show_prompt_shows(service, sm
     """The message is checked and its settings validated once, the prompt tokenized once, the
     model decodes exactly the ids "show prompt" displays, and the reply is the pieces it yields."""
     encoded, validated, started, pieces = [], [], [], []
-    encode, start, iterate = smollm2.tokenizer.encode, smollm2.start, Generation.__iter__
+    encode, start, iterate = smollm2.tokenizer.encode_chat, smollm2.start, Generation.__iter__
     validate = GenerationSettings.validate
 
-    def counting_encode(text, *args, **kwargs):
-        encoded.append(text)
-        return encode(text, *args, **kwargs)
+    def counting_encode(messages, *args, **kwargs):
+        encoded.append(messages)
+        return encode(messages, *args, **kwargs)
 
     def recording_start(prompt, settings, cancel=None):
         started.append(list(prompt.ids))
@@ -305,7 +305,7 @@ def test_one_reply_is_one_pass_and_decodes_the_ids_show_prompt_shows(service, sm
         validated.append(settings)
         return validate(settings, **caps)
 
-    monkeypatch.setattr(smollm2.tokenizer, "encode", counting_encode)
+    monkeypatch.setattr(smollm2.tokenizer, "encode_chat", counting_encode)
     monkeypatch.setattr(smollm2, "start", recording_start)
     monkeypatch.setattr(Generation, "__iter__", recording_iter)
     monkeypatch.setattr(GenerationSettings, "validate", counting_validate)
