@@ -24,11 +24,9 @@ from webapp.chat import (
     ChatRequest,
     ChatService,
     Reply,
-    answer_markdown,
-    plain,
     template_defaults,
-    text_of,
 )
+from webapp.display import answer_markdown, plain, text_of
 from webapp.documents import FileResult
 
 # Which knobs each mode reads; the others are shown greyed out rather than silently ignored.

@@ -25,10 +25,8 @@ from webapp.chat import (
     ChatRequest,
     ChatService,
     Reply,
-    answer_markdown,
-    conversation,
-    sources_markdown,
 )
+from webapp.display import answer_markdown, conversation, sources_markdown
 from webapp.documents import Library
 from webapp.models import ModelChoiceError, ModelRegistry
 
