@@ -3,8 +3,8 @@
 Embedded `PersistentClient` under `data/chroma` by default, guarded by an fcntl lock so a second
 process gets `StoreLockedError` instead of a hang; a Chroma server through `HttpClient` when
 `CHROMA_HOST`/`CHROMA_PORT` (or host/port) are given. Collections are stamped with the embedder's
-name and dimension. A document is added whole or not at all: a journal entry is written before its
-chunks and removed after; entries left by a crash (kill -9) are rolled back when the store reopens.
+name and dimension. A document is added whole or not at all (`ingest.journal`); opening a store
+rolls back the adds a crashed process (kill -9) left half-done, never one still running.
 
 Each collection has a keyword index (`ingest.keyword_index`) in files beside the store (under
 `<store>/keyword/`, or `data/keyword/<host>-<port>/` for a server), written after Chroma on add and
@@ -19,7 +19,6 @@ import hashlib
 import os
 import re
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,16 +38,14 @@ from ingest.errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
+from ingest.journal import Journal
 from ingest.keyword_index import KeywordIndex
 from ingest.loaders import Document, FileLimits, load_document
 
 DEFAULT_PATH = Path("data/chroma")
-JOURNAL = "ingest-journal"
 # Chroma's default ef_search (100) loses recall at 100k chunks (bench/ingest.py, bench/README.md)
 HNSW = {"space": "cosine", "ef_construction": 200, "max_neighbors": 32, "ef_search": 200}
 EMBED_BATCH = 256
-# server mode: only roll back adds this old (other replicas may be mid-add)
-STALE_JOURNAL_S = 3600.0
 
 Progress = Callable[[int, int], None]  # (chunks written so far, total)
 
@@ -183,13 +180,13 @@ class Store:
             default_keyword = Path(self.location) / "keyword"
         try:
             self.max_batch = int(self.client.get_max_batch_size())
-            self._journal = self.client.get_or_create_collection(JOURNAL, embedding_function=None)
+            self._journal = Journal(self.client, embedded=self._embedded is not None)
             if recreate and collection_name(owner) in {
                 c.name for c in self.client.list_collections()
             }:
                 self.client.delete_collection(collection_name(owner))
             self.collection = self._open_collection()
-            self._recover()
+            self._journal.recover()
             self.keyword = KeywordIndex(
                 Path(keyword_path or default_keyword) / self.collection.name
             )
@@ -244,25 +241,6 @@ class Store:
             )
         return col
 
-    # -- journal: all-or-nothing adds ------------------------------------------------------------
-
-    def _journal_id(self, doc_hash: str) -> str:
-        return f"{self.collection.name}:{doc_hash}"
-
-    def _recover(self) -> None:
-        """Roll back adds that a crashed process left half-done."""
-        now = time.time()
-        entries = self._journal.get(include=["metadatas"])
-        for jid, meta in zip(entries["ids"], entries["metadatas"] or [], strict=False):
-            if self._embedded is None and now - float(meta.get("started", now)) < STALE_JOURNAL_S:
-                continue
-            try:
-                col = self.client.get_collection(str(meta["collection"]), embedding_function=None)
-                col.delete(where={"doc_hash": str(meta["doc_hash"])})
-            except Exception:  # the collection is gone: nothing to roll back
-                pass
-            self._journal.delete(ids=[jid])
-
     # -- documents -------------------------------------------------------------------------------
 
     def find(self, doc_hash: str) -> str | None:
@@ -314,9 +292,7 @@ class Store:
         )
 
     def _write(self, doc_hash: str, chunks: list[Chunk], progress: Progress | None) -> None:
-        jid = self._journal_id(doc_hash)
-        meta = {"collection": self.collection.name, "doc_hash": doc_hash, "started": time.time()}
-        self._journal.upsert(ids=[jid], embeddings=[[0.0]], metadatas=[meta])
+        entry = self._journal.begin(self.collection.name, doc_hash)
         step = max(1, min(self.max_batch, self.write_batch))
         try:
             # a batch is written on a writer thread while the next one is embedded
@@ -327,6 +303,7 @@ class Store:
                     vectors = self.embedder.encode([c.text for c in batch])
                     if pending is not None:
                         written = pending.result()
+                        self._journal.beat(entry)
                         if progress is not None:
                             progress(written, len(chunks))
                     pending = writer.submit(self._add_batch, batch, vectors, first + len(batch))
@@ -337,7 +314,7 @@ class Store:
         except BaseException as exc:
             try:
                 self.collection.delete(where={"doc_hash": doc_hash})
-                self._journal.delete(ids=[jid])
+                self._journal.end(entry)
             except Exception:  # server gone: the journal entry rolls it back on a later open
                 pass
             if isinstance(exc, Exception) and not isinstance(exc, IngestError):
@@ -346,7 +323,7 @@ class Store:
                     "try adding it again."
                 ) from exc
             raise
-        self._journal.delete(ids=[jid])
+        self._journal.end(entry)
         if chunks:  # second write: a crash before it is repaired by `sync_keyword` on open
             self.keyword.add(
                 doc_hash, chunks[0].source, [c.id for c in chunks], [c.text for c in chunks]

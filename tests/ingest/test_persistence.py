@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ingest import Store, chunk_document, load_document, retrieve
-from ingest.store import JOURNAL
+from ingest.journal import NAME as JOURNAL
 from tests.ingest.pdfs import text_pdf
 
 ROOT = Path(__file__).resolve().parents[2]

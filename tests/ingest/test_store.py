@@ -14,7 +14,7 @@ from ingest import (
     load_document,
     retrieve,
 )
-from ingest.store import JOURNAL
+from ingest.journal import NAME as JOURNAL
 from tests.ingest.helpers import bad_inputs, snapshot
 from tests.ingest.pdfs import text_pdf
 
