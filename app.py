@@ -23,9 +23,9 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import offline
+
+offline.apply()  # before any library reads them
 
 import ingest
 from webapp.chat import ChatLimits, ChatService

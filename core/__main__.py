@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import offline
+
+offline.apply()  # before any library reads them
 
 from core.generate.logits import SettingsError
 from core.generate.settings import DEFAULTS, MODES, GenerationSettings

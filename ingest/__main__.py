@@ -13,9 +13,9 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import offline
+
+offline.apply()  # before any library reads them
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,7 +16,6 @@ are in bench/README.md):
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -100,7 +99,6 @@ class Embedder(EmbeddingFunction[Documents]):
     ) -> None:
         if precision not in {"auto", "fp32", "bf16", "int8"}:
             raise ValueError(f"precision must be auto, fp32, bf16 or int8, got {precision!r}")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from sentence_transformers import SentenceTransformer
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+import offline
+
+offline.apply()  # before any library reads them
+
 from recipes import run
 from recipes.corpora import CorpusMissing
 

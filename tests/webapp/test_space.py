@@ -15,11 +15,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = [
     ROOT / "app.py",
+    ROOT / "offline.py",
     *(ROOT / "webapp").rglob("*.py"),
     *(ROOT / "ingest").rglob("*.py"),
     *(p for p in (ROOT / "core").rglob("*.py") if "recipes" not in p.parts),
 ]
-LOCAL = {"core", "ingest", "webapp", "tests", "bench"}
+LOCAL = {"core", "ingest", "webapp", "tests", "bench", "offline"}
 
 
 def front_matter() -> dict:
