@@ -58,12 +58,16 @@ def tokenize(text: str) -> list[str]:
 def coverage(query: str, texts: Sequence[str]) -> np.ndarray:
     """(N,) share of the query's words each text contains, each word weighted by its inverse
     document frequency among `texts` (so the rare, naming words count most)."""
+    return bag_coverage(query, [frozenset(tokenize(t)) for t in texts])
+
+
+def bag_coverage(query: str, bags: Sequence[frozenset[str]]) -> np.ndarray:
+    """`coverage` of texts given as their sets of `tokenize`d words (tokenized once, reused)."""
     words = sorted(set(tokenize(query)))
-    if not words or not texts:
-        return np.zeros(len(texts))
-    bags = [set(tokenize(t)) for t in texts]
+    if not words or not bags:
+        return np.zeros(len(bags))
     present = np.array([[w in bag for w in words] for bag in bags])  # (N, W)
-    idf = np.log((1 + len(texts)) / (1 + present.sum(0))) + 1.0  # (W,)
+    idf = np.log((1 + len(bags)) / (1 + present.sum(0))) + 1.0  # (W,)
     return (present * idf).sum(1) / idf.sum()
 
 

@@ -3,7 +3,8 @@
 A reranker is anything with a `name`, a `weight` (how much its score counts against the fused
 score) and `score(query, texts) -> (N,) floats`, higher better. Built in, by name:
   coverage            the IDF-weighted share of the query's words that a candidate's best sentence
-                      holds: no model, ~1 ms for 100 candidates (the default; bench/README.md).
+                      holds: no model; a passage's sentences are tokenized once and cached, so one
+                      an earlier query saw costs ~nothing (the default; bench/README.md).
   sentence-embedding  the best sentence's cosine to the query with the store's embedder, plus the
                       coverage; embeds every candidate sentence per query (seconds on a CPU).
   cross-encoder       a sentence-transformers CrossEncoder from a local directory (`model=` or
@@ -16,11 +17,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
 
-from ingest.keyword_index import coverage
+from ingest.keyword_index import bag_coverage, coverage, tokenize
 
 # A sentence ends at . ! ? followed by space and a capital, quote, bracket or digit; a blank line
 # or a line ending in ':' (manuals introduce examples that way) ends one too.
@@ -57,14 +59,27 @@ class Reranker(Protocol):
 def best_sentence(texts: Sequence[str], score: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     """(N,) the best score among each text's sentences (a text without any: scored whole)."""
     parts = [sentences(t) or [" ".join(t.split())] for t in texts]
+    return _best_of(parts, score)
+
+
+def _best_of(
+    parts: Sequence[Sequence[Any]], score: Callable[[list[Any]], np.ndarray]
+) -> np.ndarray:
+    """(N,) the best of `score(all parts)` among each text's parts."""
     flat = [s for p in parts for s in p]
     if not flat:
-        return np.zeros(len(texts))
+        return np.zeros(len(parts))
     scores = score(flat)
-    owner = np.repeat(np.arange(len(texts)), [len(p) for p in parts])  # (S,) text of each
-    best = np.full(len(texts), -np.inf)
+    owner = np.repeat(np.arange(len(parts)), [len(p) for p in parts])  # (S,) text of each
+    best = np.full(len(parts), -np.inf)
     np.maximum.at(best, owner, scores)
     return best
+
+
+@lru_cache(maxsize=8192)  # the same passages come back query after query: tokenize them once
+def sentence_bags(text: str) -> tuple[frozenset[str], ...]:
+    """The `tokenize`d word set of each of a passage's `sentences` (the whole text without any)."""
+    return tuple(frozenset(tokenize(s)) for s in sentences(text) or [" ".join(text.split())])
 
 
 class CoverageReranker:
@@ -77,7 +92,7 @@ class CoverageReranker:
         self.weight = weight
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
-        return best_sentence(texts, lambda flat: coverage(query, flat))
+        return _best_of([sentence_bags(t) for t in texts], lambda flat: bag_coverage(query, flat))
 
 
 class EmbeddingReranker:
