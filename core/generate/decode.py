@@ -10,14 +10,53 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from core.generate.logits import SettingsError, build_processors, is_greedy, sample_next
+from core.generate.logits import (
+    Processors,
+    SettingsError,
+    build_processors,
+    is_greedy,
+    sample_next,
+)
 from core.model import Decoder
 
+if TYPE_CHECKING:
+    from core.generate.trace import Trace
+
 NEG = -1.0e9  # "impossible" score, as transformers uses
+
+
+def token_processors(
+    *,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    no_repeat_ngram_size: int,
+) -> tuple[bool, Processors]:
+    """(greedy?, the processors) for one-row decoding: greedy keeps only the repetition ones."""
+    greedy = is_greedy(temperature, top_k)
+    processors = build_processors(
+        temperature=0.0 if greedy else temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+    )
+    return greedy, processors
+
+
+def apply_processors(
+    processors: Processors, seen: torch.Tensor, scores: torch.Tensor, trace: Trace | None
+) -> torch.Tensor:
+    """The processed scores; a trace also records the distribution after every stage."""
+    if trace is not None:
+        return trace.process(processors, seen, scores)
+    return processors(seen, scores) if processors else scores
 
 
 @torch.inference_mode()
@@ -34,18 +73,19 @@ def stream_tokens(
     penalize_prompt: bool = True,
     stop_ids: set[int] | frozenset[int] = frozenset(),
     generator: torch.Generator | None = None,
+    trace: Trace | None = None,
 ) -> Iterator[int]:
     """Yield up to `max_new_tokens` ids, greedy (temperature 0 or top_k 1) or sampled.
 
     A stop id ends the stream without being yielded. Processors see the prompt and every
     generated token (the repetition penalty and the n-gram ban need them), or with
     `penalize_prompt=False` the generated tokens only (an answer may then copy its sources).
+    A `trace` records each yielded token's distributions (`core.generate.trace`).
     """
     if not prompt_ids:
         raise SettingsError("the prompt is empty; give at least one token.")
-    greedy = is_greedy(temperature, top_k)
-    processors = build_processors(
-        temperature=0.0 if greedy else temperature,
+    greedy, processors = token_processors(
+        temperature=temperature,
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
@@ -58,11 +98,12 @@ def stream_tokens(
     seen = idx if penalize_prompt else idx[:, :0]  # (1, S): the tokens the processors see
     for _ in range(budget):
         scores = model(idx, cache=cache, last_only=True)[:, -1].float()  # (1, vocab)
-        if processors:
-            scores = processors(seen, scores)
+        scores = apply_processors(processors, seen, scores, trace)
         token = int(scores.argmax(-1)) if greedy else int(sample_next(scores, generator))
         if token in stop_ids:
             return
+        if trace is not None:
+            trace.chose(token)
         yield token
         idx = torch.tensor([[token]], device=device)  # (1, 1): only the new token goes through
         if processors:
@@ -106,11 +147,13 @@ def beam_search(
     repetition_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
     penalize_prompt: bool = True,
+    trace: Trace | None = None,
 ) -> Iterator[BeamUpdate]:
     """Yield a `BeamUpdate` after every step; the generator's return value is the `BeamResult`.
 
     Finished sequences keep their EOS token, as `transformers` returns them. The repetition
-    processors see each beam's full sequence, prompt included, as in `transformers`.
+    processors see each beam's full sequence, prompt included, as in `transformers`. A `trace`
+    records the tree of hypotheses and each one's distributions (`core.generate.trace`).
     """
     if not prompt_ids:
         raise SettingsError("the prompt is empty; give at least one token.")
@@ -139,9 +182,10 @@ def beam_search(
     improvable, last_best = True, None
     for step in range(max_new):
         log_probs = F.log_softmax(logits, dim=-1)  # (nb, V)
-        if processors:
-            history = torch.cat([prompt.expand(nb, -1), running], 1) if penalize_prompt else running
-            log_probs = processors(history, log_probs)
+        history = running
+        if processors and penalize_prompt:
+            history = torch.cat([prompt.expand(nb, -1), running], 1)
+        log_probs = apply_processors(processors, history, log_probs, trace)
         vocab = log_probs.shape[-1]
         total = (log_probs + running_scores[:, None]).reshape(-1)  # (nb * V,)
         cand_scores, cand_idx = torch.topk(total, k=keep)  # (keep,), best first
@@ -165,6 +209,8 @@ def beam_search(
         # Running: the best nb candidates that did not finish.
         alive = torch.topk(cand_scores + hits.float() * NEG, k=nb).indices
         running, running_scores = cand[alive], (cand_scores + hits.float() * NEG)[alive]
+        if trace is not None:
+            trace.beam_step(origin, token, cand_scores, alive, top, finished_mask)
         # Could an open beam still beat the worst finished one? (transformers' heuristic)
         best_len = max_new if (early_stopping == "never" and length_penalty > 0) else step + 1
         best_possible = running_scores[0] / (best_len**length_penalty)
