@@ -2,7 +2,8 @@
 
 1. End-to-end ingest of a 200-page text PDF (child-process parse, chunk, embed, Chroma write) vs the
    bare fp32 `SentenceTransformer.encode` of the same chunks, with the default ("auto") embedder,
-   an fp32 one and (where auto runs int8 on ONNX Runtime) torch's int8.
+   an fp32 one, (where auto runs int8 on ONNX Runtime) torch's int8, and our own encoder loading
+   the same MiniLM (`core.sentence.SentenceEncoder`, fp32).
 2. Query latency p50/p95 and recall@5 against exact search, at 10k and 100k chunks of real
    embeddings (KJV verses and Shakespeare lines, cached under data/bench/), for Chroma's default
    HNSW settings and ours (`ingest.store.HNSW`).
@@ -75,6 +76,9 @@ def bench_ingest(n_pages: int, repeats: int) -> None:
     embedders = {"auto": Embedder(), "fp32": Embedder(precision="fp32")}
     if embedders["auto"].backend == "onnxruntime":  # and torch's int8, for comparison
         embedders["int8"] = Embedder(precision="int8", int8_backend="torch")
+    from core.sentence import SentenceEncoder
+
+    embedders["our encoder"] = SentenceEncoder()  # the same MiniLM weights in core.encoder
     chunks = [c.text for c in chunk_document(load_document(data, name="bench.pdf"))]
     bare = SentenceTransformer(embedders["auto"].model_path, device="cpu")
     bare.encode(chunks[:8])
@@ -101,6 +105,7 @@ def bench_ingest(n_pages: int, repeats: int) -> None:
             embedder = embedders[label]
             name += f" = {embedder.precision}"
             name += f" ({embedder.backend})" if embedder.precision == "int8" else ""
+            name += " (core.encoder)" if label == "our encoder" else ""
         print(
             f"| {name} | {seconds:.1f} | {n_pages / seconds:.2f} | "
             f"{result.n_chunks / seconds:.2f} | {best['bare'] / seconds:.2f} |"

@@ -10,8 +10,10 @@ import offline
 
 offline.apply()  # before any library reads them
 
+from core import encoder_cli
 from core.generate.logits import SettingsError
 from core.generate.settings import DEFAULTS, MODES, GenerationSettings
+from core.generate.trace import check_top_n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +26,15 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--raw", action="store_true", help="continue the text as is (no chat template)"
     )
+    generate.add_argument(
+        "--logprobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the answer, each token's probability and its N likeliest alternatives (1-20)",
+    )
     chat = sub.add_parser("chat", help="an interactive chat in the terminal")
+    encoder_cli.add_commands(sub)
     chat.add_argument("--system", default="You are a helpful assistant.", help="system prompt")
     for p in (generate, chat):
         p.add_argument(
@@ -79,8 +89,31 @@ def _print_stream(generation) -> None:
     print()
 
 
+def _print_logprobs(llm, messages, settings: GenerationSettings, top_n: int) -> None:
+    """Stream the answer, then one line per token: probability, then the alternatives."""
+    from core.generate.traced import decode_traced
+
+    prompt = llm.fit_prompt(messages, settings.max_new_tokens)
+    for note in prompt.notices:
+        print(f"[{note}]", file=sys.stderr)
+    shown = ""
+    for run in decode_traced(llm, prompt.ids, settings, top_n=top_n):
+        if settings.mode != "beam" and run.text.startswith(shown):
+            print(run.text[len(shown) :], end="", flush=True)
+            shown = run.text
+    print(run.text[len(shown) :] if run.text.startswith(shown) else "\n" + run.text)
+    total = f"the model's log-probability of it all: {run.logprob:.3f}"
+    print(f"\n# token, probability, top {top_n} ({total})")
+    decode = llm.tokenizer.decode
+    for i, step in enumerate(run.trace.steps):
+        alternatives = "  ".join(f"{decode([t])!r} {p:.4f}" for t, p in step.stages[-1].top)
+        print(f"{i:4d} {decode([step.token])!r:>16} {step.prob:.4f} | {alternatives}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in encoder_cli.COMMANDS:
+        return encoder_cli.run(args)
     from core.generate.engine import LLM
     from core.load import ModelLoadError
 
@@ -88,10 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         if args.command == "generate" and not args.prompt.strip():
             raise SettingsError("the prompt is empty; give some text to complete.")
+        if args.command == "generate" and args.logprobs:
+            check_top_n(args.logprobs)
         llm = LLM.load(args.model, dtype=args.dtype)
         if args.command == "generate":
             messages = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
-            _print_stream(llm.stream(messages, settings))
+            if args.logprobs:
+                _print_logprobs(llm, messages, settings, args.logprobs)
+            else:
+                _print_stream(llm.stream(messages, settings))
             return 0
         history = [{"role": "system", "content": args.system}] if args.system else []
         print(f"Chatting with {llm.name}. Empty line or Ctrl-D to quit.", file=sys.stderr)

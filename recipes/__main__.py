@@ -14,10 +14,11 @@ import offline
 
 offline.apply()  # before any library reads them
 
-from recipes import run
+from recipes import mlm, run
 from recipes.corpora import CorpusMissing
 
 STEPS = ("prepare", "pretrain", "task", "instruct", "eval", "report", "all", "rag-model")
+STEPS += ("mlm-demo",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": lambda: run.step_report(demo),
         "all": lambda: run.step_all(demo),
         "rag-model": lambda: run.step_rag_model(demo),
+        "mlm-demo": lambda: mlm.run(mlm.MLMDemo(args.data, args.models, args.seed), args.reuse),
     }
     try:
         steps[args.step]()

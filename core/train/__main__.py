@@ -2,6 +2,7 @@
 
     python -m core.train pretrain --data corpus/ --out models/mine [--arch classic] [...]
     python -m core.train finetune --init models/mine --data train.jsonl --out models/mine-chat
+    python -m core.train mlm --data corpus/ --out models/encoder [--arch bert] [--whole-word true]
     accelerate launch --multi_gpu --num_processes 2 -m core.train pretrain ...   # data-parallel
 
 On a machine without CUDA the same command runs 2 CPU processes over gloo (accelerate 1.15's
@@ -43,6 +44,7 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+MLM_FLAGS = {**PRETRAIN_FLAGS, "mlm_probability": float, "whole_word": boolean}
 FINETUNE_FLAGS = {
     "init": str,
     "val": str,
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m core.train", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="mode", required=True)
-    for mode, extra in (("pretrain", PRETRAIN_FLAGS), ("finetune", FINETUNE_FLAGS)):
+    modes = (("pretrain", PRETRAIN_FLAGS), ("finetune", FINETUNE_FLAGS), ("mlm", MLM_FLAGS))
+    for mode, extra in modes:
         sub = commands.add_parser(mode, help=f"{mode} a model")
         sub.add_argument("--data", nargs="+", help="text files/folders/globs, or JSONL files")
         sub.add_argument("--config", help="JSON file of settings; flags override it")
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < the resumed run's settings < --config JSON < flags given on the command line."""
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {"arch": "bert"} if args.mode == "mlm" else {}  # an encoder
     if args.resume:
         settings.update(state.read_trainer(args.resume)["config"])
     if args.config:

@@ -9,6 +9,7 @@ from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ARCHES = ("classic", "gpt2", "llama")
+ENCODER_ARCHES = ("bert", "bert_preln", "bert_rope")  # mode mlm: post-LN as BERT, pre-LN, RoPE
 LOSS_WEIGHTINGS = ("token", "example")
 
 
@@ -20,7 +21,7 @@ class TrainError(ValueError):
 class TrainConfig:
     """Every setting of a run; JSON in, JSON out (saved in trainer.json for `--resume`)."""
 
-    mode: str = "pretrain"  # pretrain | finetune
+    mode: str = "pretrain"  # pretrain | finetune | mlm (an encoder, `core.mlm`)
     data: list[str] = field(default_factory=list)  # text files/folders/globs, or JSONL files
     out: str = "models/run"
     val: str | None = None  # finetune: a validation JSONL (else the last val_fraction of data)
@@ -59,14 +60,24 @@ class TrainConfig:
     # residual dropout while training (`Decoder.dropout`); 0 for pre-training a small model on a
     # large corpus, 0.1-0.2 against over-fitting a few thousand fine-tuning examples
     dropout: float = 0.0
+    # mlm: the share of tokens chosen for prediction, and whether a word's pieces go together
+    mlm_probability: float = 0.15
+    whole_word: bool = False
+    # hooks for a supervisor (the web app's job runner): a file whose appearance stops the run
+    # with a checkpoint, and a JSONL file each step's and evaluation's record is appended to live
+    stop_file: str | None = None
+    events: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("pretrain", "finetune"):
-            raise TrainError(f"mode must be pretrain or finetune, got {self.mode!r}.")
+        if self.mode not in ("pretrain", "finetune", "mlm"):
+            raise TrainError(f"mode must be pretrain, finetune or mlm, got {self.mode!r}.")
         if self.precision not in PRECISIONS:
             raise TrainError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
-        if self.arch not in ARCHES:
-            raise TrainError(f"arch must be one of {ARCHES}, got {self.arch!r}.")
+        arches = ENCODER_ARCHES if self.mode == "mlm" else ARCHES
+        if self.arch not in arches:
+            raise TrainError(f"{self.mode} needs an arch in {arches}, got {self.arch!r}.")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise TrainError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}.")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise TrainError(
                 f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}."

@@ -15,7 +15,9 @@ embeddings that is the token embedding matrix); everything else keeps its weight
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ class TrainResult:
     val_loss: float | None
     val_ppl: float | None
     tokens_per_s: float
-    stopped: str  # "max_steps", "time budget" or "stop_at"
+    stopped: str  # "max_steps", "time budget", "stop_at" or "stop file"
 
 
 class Batches:
@@ -209,14 +211,23 @@ class Loop:
         nll, count = acc.reduce(sums, reduction="sum").tolist()
         return nll / count
 
-    def timed_step(self) -> bool:
-        """One step, logged and shown; True when any process is over the time budget."""
+    def emit(self, record: dict[str, Any]) -> None:
+        """Log a record, and append it to the live events file when the run has one."""
+        self.progress.log.append(record)
+        if self.cfg.events and self.acc.is_main_process:
+            with open(self.cfg.events, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def timed_step(self) -> str | None:
+        """One step, logged and shown; why to stop when any process is over the time budget or
+        sees the stop file, else None."""
         acc, p, t0 = self.acc, self.progress, time.perf_counter()
         loss, tokens = self.step()
-        budget = self.cfg.max_minutes
+        budget, stop_file = self.cfg.max_minutes, self.cfg.stop_file
         over = budget is not None and time.perf_counter() - self.run_start > 60 * budget
-        stats = torch.tensor([loss, tokens, over], device=acc.device, dtype=torch.float64)
-        stats = acc.reduce(stats, reduction="sum")  # one collective: losses, tokens, time flags
+        asked = stop_file is not None and os.path.exists(stop_file)
+        stats = torch.tensor([loss, tokens, over, asked], device=acc.device, dtype=torch.float64)
+        stats = acc.reduce(stats, reduction="sum")  # one collective: losses, tokens, stop flags
         loss, tokens = stats[0].item() / acc.num_processes, int(stats[1].item())
         dt = time.perf_counter() - t0
         p.elapsed_s = self.elapsed_before + time.perf_counter() - self.run_start  # wall time
@@ -226,11 +237,13 @@ class Loop:
         self.losses.append(loss)
         rate = self.timed_tokens / self.timed_s if self.timed_s else tokens / dt
         lr = lr_at(p.step - 1, self.cfg)
-        p.log.append({"step": p.step, "loss": loss, "lr": lr, "tokens_per_s": rate})
+        self.emit({"step": p.step, "loss": loss, "lr": lr, "tokens_per_s": rate})
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
-        return stats[2].item() > 0
+        if stats[2].item() > 0:
+            return "time budget"
+        return "stop file" if stats[3].item() > 0 else None
 
     def log_eval(self) -> float | None:
         val_loss = self.evaluate()
@@ -240,7 +253,7 @@ class Loop:
                 "val_loss": val_loss,
                 "val_ppl": math.exp(val_loss),
             }
-            self.progress.log.append(entry)
+            self.emit(entry)
         return val_loss
 
     def metrics(self, stopped: str) -> dict[str, Any]:
@@ -280,8 +293,8 @@ def train(
     p, stopped = loop.progress, "max_steps"
     best = state.Best()
     while p.step < cfg.max_steps:
-        if loop.timed_step():
-            stopped = "time budget"
+        if reason := loop.timed_step():
+            stopped = reason
         elif stop_at is not None and p.step >= stop_at:
             stopped = "stop_at"
         if stopped != "max_steps" or p.step >= cfg.max_steps:

@@ -34,7 +34,14 @@ class Setup:
 
 
 def build(cfg: TrainConfig, resumed: Resumed | None) -> Setup:
-    setup = build_finetune(cfg, resumed) if cfg.mode == "finetune" else build_pretrain(cfg, resumed)
+    if cfg.mode == "mlm":
+        from core.mlm import build_setup  # the encoder's side stays out of decoder runs
+
+        setup = build_setup(cfg, resumed)
+    elif cfg.mode == "finetune":
+        setup = build_finetune(cfg, resumed)
+    else:
+        setup = build_pretrain(cfg, resumed)
     setup.model.dropout = cfg.dropout
     return setup
 

@@ -217,7 +217,12 @@ def load(path: str | Path) -> Resumed:
 
     path = Path(path)
     trainer = read_trainer(path)
-    config, state, tokenizer = checkpoint.load_state(path)
+    if trainer["config"].get("mode") == "mlm":  # an encoder's config.json has its own fields
+        from core.mlm import load_state
+
+        config, state, tokenizer = load_state(path)
+    else:
+        config, state, tokenizer = checkpoint.load_state(path)
     tensors = load_file(str(path / STATE_DIR / TENSORS_FILE))
     return Resumed(path, config, state, tokenizer, trainer, tensors)
 
