@@ -5,8 +5,9 @@ exactly N new tokens (EOS ignored by both, so both do the same work); one proces
 and "bf16" (both dense, against transformers in the same dtype), "auto" (what the app loads:
 `LLM.load("default")`, the GGUF's Q4_1/Q8_0 blocks on our kernels where they run, against
 transformers fp32 and bf16). Prints tokens/s, time to first token and peak extra memory, with
-the ratio ours / transformers; with --llama-cpp, llama.cpp (llama-cpp-python) greedy on the same
-file, or the reason it cannot run.
+the ratio ours / transformers; with --llama-cpp, llama.cpp (llama-cpp-python, built by
+`sh bench/setup_llama_cpp.sh`) greedy on the same file against ours, interleaved, or the reason it
+cannot run.
 
     .venv/bin/python bench/decode.py [--new-tokens 128] [--threads 2] [--dtypes fp32,bf16,auto]
 
@@ -33,6 +34,7 @@ import psutil
 import torch
 
 from bench.forward import load_reference
+from bench.quantized import decode_rate
 from core import kernels
 from core.generate.decode import beam_search, stream_tokens
 from core.generate.engine import LLM
@@ -174,31 +176,35 @@ def profile(llm: LLM, ids: list[int], label: str, steps: int = 24) -> None:
         )
 
 
-def run_llama_cpp(ids: list[int], n: int, threads: int) -> tuple[float, float] | str:
-    """(tokens/s after the first, seconds to the first token) of llama.cpp greedy on the same
-    GGUF and prompt ids, or why it cannot run here."""
+def against_llama_cpp(ids: list[int], n: int, threads: int, repeats: int):
+    """[(name, tok/s, TTFT)] of llama.cpp and of ours ("auto") greedy on the same GGUF and ids,
+    interleaved, best of `repeats`; or why llama.cpp cannot run here."""
     try:
         from llama_cpp import Llama
     except ImportError:
-        return (
-            "llama-cpp-python is not installed (`pip install llama-cpp-python` compiles "
-            "llama.cpp from source; on the 2-core dev VM it did not finish within 15 minutes)"
-        )
+        return "llama-cpp-python is not installed; build it first: sh bench/setup_llama_cpp.sh"
     from core.load import smollm2_gguf_path
 
-    llm = Llama(str(smollm2_gguf_path()), n_ctx=len(ids) + n + 8, n_threads=threads, verbose=False)
-    best = (0.0, 1e9)
-    for _ in range(2):
-        llm.reset()
-        start = time.perf_counter()
-        tokens = llm.generate(ids, top_k=1, temp=0.0, reset=True)
-        next(tokens)
-        first = time.perf_counter()
-        for _ in range(n - 1):
-            next(tokens)
-        rate = (n - 1) / (time.perf_counter() - first)
-        best = (max(best[0], rate), min(best[1], first - start))
-    return best
+    theirs = Llama(
+        str(smollm2_gguf_path()), n_ctx=len(ids) + n + 8, n_threads=threads, verbose=False
+    )
+    ours = LLM.load("default", device="cpu")
+
+    def llama_cpp_stream():
+        theirs.reset()  # else generate() reuses the cached prompt: no prefill, no TTFT
+        return theirs.generate(ids, top_k=1, temp=0.0, reset=True)
+
+    runs = {
+        "llama.cpp": llama_cpp_stream,
+        f"ours ({ours.description})": lambda: stream_tokens(ours.model, ids, max_new_tokens=n),
+    }
+    best = {name: (0.0, 1e9) for name in runs}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, start in runs.items():
+                rate, ttft = decode_rate(start(), n)
+                best[name] = (max(best[name][0], rate), min(best[name][1], ttft))
+    return [(name, *best[name]) for name in runs]
 
 
 def main() -> None:
@@ -252,7 +258,7 @@ def main() -> None:
         if args.profile and ours.model.wte.weight.is_floating_point():  # dense matrices only
             profile(ours, ids, label)
         del ours, theirs
-    llama = run_llama_cpp(ids, n, args.threads) if args.llama_cpp else None
+    llama = against_llama_cpp(ids, n, args.threads, args.repeats) if args.llama_cpp else None
     print(
         f"\ngeneration, prompt {len(ids)} tokens, {n} new tokens, {args.threads} threads, "
         f"best of {args.repeats}, torch {torch.__version__}, kernels {kernels.status()}"
@@ -269,7 +275,10 @@ def main() -> None:
     if isinstance(llama, str):
         print(f"llama.cpp: skipped: {llama}")
     elif llama is not None:
-        print(f"llama.cpp greedy: {llama[0]:.1f} tok/s, TTFT {llama[1]:.3f}s (same GGUF, same ids)")
+        print("\ngreedy on the same GGUF and prompt ids, tok/s after the first token:")
+        for name, rate, ttft in llama:
+            ratio = rate / llama[0][1]
+            print(f"  {rate:6.1f} tok/s  TTFT {ttft:.3f}s  {ratio:.2f}x llama.cpp  {name}")
 
 
 if __name__ == "__main__":

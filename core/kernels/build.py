@@ -1,10 +1,11 @@
 """Build and load our decoding kernels (cpu.c, quant.c, step.c) once per machine; say why not.
 
 Each instruction set gets its own library: "avx2" (AVX2 + FMA + F16C, the floor), "avx512"
-(AVX-512 F/BW/VL/DQ on top), picked at run time from the CPU's flags, so a CPU never loads code
-it cannot run; "avx512bf16" (AVX512-BF16 dot products in quant.c) only when asked for.
-SCRATCHGPT_KERNELS=0 turns them off (torch only); SCRATCHGPT_KERNELS=avx2 (or avx512,
-avx512bf16) picks one; tests compare them in one process (`forced`).
+(AVX-512 F/BW/VL/DQ on top), "avx512vnni" (quant.c's integer dot products on top), the best one
+picked at run time from the CPU's flags, so a CPU never loads code it cannot run; "avx512bf16"
+(AVX512-BF16 dot products in quant.c) only when asked for. SCRATCHGPT_KERNELS=0 turns them off
+(torch only); SCRATCHGPT_KERNELS=avx2 (or avx512, avx512vnni, avx512bf16) picks one; tests
+compare them in one process (`forced`).
 
 A library is built with gcc into ~/.cache/scratchgpt/kernels (SCRATCHGPT_CACHE moves it), named
 by a hash of the sources and flags, and written atomically, so concurrent first uses and source
@@ -40,6 +41,7 @@ _AVX512 = (
 )
 ISAS = {
     "avx512bf16": ((*_AVX512[0], "-mavx512bf16"), _AVX512[1] | {"avx512_bf16"}),
+    "avx512vnni": ((*_AVX512[0], "-mavx512vnni"), _AVX512[1] | {"avx512_vnni"}),
     "avx512": _AVX512,
     "avx2": _AVX2,
 }
@@ -117,6 +119,19 @@ def pick_isa() -> str | None:
     return None
 
 
+def missing() -> str:
+    """Why `pick_isa` found no build: the CPU flags the asked-for (or the least) build lacks."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"the kernels are x86-64 only; this CPU is {platform.machine()}"
+    wanted = os.environ.get("SCRATCHGPT_KERNELS", "auto").lower()
+    if wanted not in (*ISAS, "auto", "1", "on"):
+        return f"SCRATCHGPT_KERNELS={wanted!r} is none of 0, auto, {', '.join(ISAS)}"
+    name = wanted if wanted in ISAS else "avx2"
+    lacks = sorted(ISAS[name][1] - cpu_flags())
+    asked = f"SCRATCHGPT_KERNELS={wanted}: " if wanted in ISAS else ""
+    return f"{asked}this CPU lacks {', '.join(lacks)} (the {name} build needs it)"
+
+
 def _load() -> ctypes.CDLL | None:
     global _lib, _tried, reason, isa
     with _lock:
@@ -128,7 +143,7 @@ def _load() -> ctypes.CDLL | None:
             return None
         variant = pick_isa()
         if variant is None:
-            reason = "this CPU lacks AVX2+FMA+F16C"
+            reason = missing()
             return None
         try:
             lib = ctypes.CDLL(str(build(variant=variant)))

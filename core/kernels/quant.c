@@ -4,12 +4,13 @@
  * with fp16 scales. A decoding step is bound by how many bytes of weights stream from memory, so
  * the blocks stay packed (4.5-8.5 bits per weight instead of 32 or 16) and are decoded in
  * registers, 32 weights at a time, into exactly the values the dequantized dense model holds.
- * Activations stay fp32 (llama.cpp rounds them to int8), so logits match the dequantized model up
- * to summation order. dequant_rows writes the same decoded weights out, for prefill's GEMM and
- * for embedding rows.
+ * Activations keep fp32's precision (llama.cpp rounds them to one int8 per weight), so logits
+ * match the dequantized model up to summation order. dequant_rows writes the same decoded weights
+ * out, for prefill's GEMM and for embedding rows.
  *
  * The same source builds the AVX2+FMA+F16C library and the AVX-512 ones (build.py picks at run
- * time); __AVX512BF16__ selects the bf16 dot products described at `take`.
+ * time); __AVX512VNNI__ selects integer dot products on three int8 digits of x, __AVX512BF16__
+ * bf16 ones on two bf16 halves (both described at `take`).
  */
 #include "kernels.h"
 
@@ -61,18 +62,25 @@ static inline void q4k_scale_min(int j, const uint8_t *s, int *sc, int *m) {
  * two accumulators per row so consecutive runs do not wait on each other's additions.
  *
  * fp32 build: u widened to fp32 (8 per vector), multiplied with x in fp32.
+ * AVX512-VNNI build: x as three int8 digits per 32-run (quantize_x), each digit's products
+ * summed exactly in int32 by vpdpbusd, the digits joined in fp32: 3 integer products for what
+ * the fp32 build does in ~12 instructions, and as exact (fewer digits are not: quantize_x).
  * AVX512-BF16 build: vdpbf16ps multiplies 32 bf16 pairs exactly into fp32 sums, one instruction
  * for what the fp32 build does in six. x is split as hi + lo (two bf16, together 16 significant
  * bits: within ~1e-5 of each element), and 4-bit quants become bf16 without a conversion:
  * 0x4180 | u << 3 is the bf16 of 16 + u for u < 16 (0x4280 | u << 1: 64 + u for u < 64); the added
  * 16 (64) comes back out through the sums of the same hi + lo. */
 #define MAXM 4
+#define RADIX 254.0f
 #define AI static inline __attribute__((always_inline))
 
 typedef struct {
     const float *x;           /* (M, K) */
     const uint16_t *hi, *lo;  /* (M, K) bf16 halves of x (AVX512-BF16 build) */
-    const float *xs;          /* (M, K / 16): sums of x (of hi + lo) over each 16 */
+    const int8_t *q;          /* (3, M, K) x per 32-run as dx (q0 + q1 / 2^8 + q2 / 2^16) (VNNI) */
+    const float *xd;          /* (M, K / 32) the scale of 2^16 q0 + 2^8 q1 + q2 per run: dx / 2^16 */
+    int64_t n;                /* M * K: the stride between q0, q1 and q2 */
+    const float *xs;          /* (M, K / 16): sums of x (of hi + lo, of its int8 form) per 16 */
     int K;
     float *out; /* set: write the row's weights here instead (dequant_rows) */
 } Act;
@@ -127,6 +135,32 @@ AI void take(const Act *a, int M, int r, __m256i u, int bits, float sA, float sB
         __m512 t = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)w, (__m512bh)xh);
         t = _mm512_dpbf16_ps(t, (__m512bh)w, (__m512bh)xl);
         acc[m] = _mm512_fmadd_ps(t, s, acc[m]);
+    }
+#elif defined(__AVX512VNNI__)
+    /* vpdpbusd: unsigned bytes times signed bytes, four products summed per int32 lane, so
+     * lanes 0-3 hold the first 16 weights' sums and lanes 4-7 the rest. Q8_0's signed quants
+     * go in as |u| with their signs moved onto x (as llama.cpp does). */
+    __m256i w = bits == 8 ? _mm256_sign_epi8(u, u) : u;
+    coef[2 * r] = cA;
+    coef[2 * r + 1] = cB;
+    __m256 s = _mm256_set_m128(_mm_set1_ps(sB), _mm_set1_ps(sA)), radix = _mm256_set1_ps(RADIX);
+    for (int m = 0; m < M; m++) {
+        const int8_t *q = a->q + (int64_t)m * a->K + 32 * r;
+        __m256i q0 = _mm256_loadu_si256((const void *)q);
+        __m256i q1 = _mm256_loadu_si256((const void *)(q + a->n));
+        __m256i q2 = _mm256_loadu_si256((const void *)(q + 2 * a->n));
+        if (bits == 8) {
+            q0 = _mm256_sign_epi8(q0, u), q1 = _mm256_sign_epi8(q1, u);
+            q2 = _mm256_sign_epi8(q2, u);
+        }
+        __m256i top = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, q0);
+        __m256i mid = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, q1);
+        __m256i low = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, q2);
+        /* each digit's sum is an integer below 2^24: exact in fp32 until the last rounding */
+        __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(top), radix, _mm256_cvtepi32_ps(mid));
+        sum = _mm256_fmadd_ps(sum, radix, _mm256_cvtepi32_ps(low));
+        __m256 dx = _mm256_set1_ps(a->xd[(int64_t)m * (a->K / 32) + r]);
+        acc[m] = _mm256_fmadd_ps(sum, _mm256_mul_ps(s, dx), acc[m]);
     }
 #else
     (void)bits; /* every quant here fits int8: the unsigned ones are below 128 */
@@ -231,16 +265,49 @@ static inline uint16_t bf16_round(float f) { /* round to nearest even (x is fini
 }
 #endif
 
-/* The row sums of x over each 16 (and, for the BF16 build, its hi + lo split) into `a`;
- * `buf` holds them. Returns 0, or -1 without memory. */
+#ifdef __AVX512VNNI__
+/* x's 32-runs as three int8 digits in base 254: dx = max |x| / 127 and
+ * x / dx = q0 + q1 / 254 + q2 / 254^2 to within 254^-2 / 2 (fp32's precision, where llama.cpp
+ * keeps one digit: two still moved SmolLM2's logits by ~5e-3). Base 254 keeps each rest within
+ * +-127. xd gets dx / 254^2, xs the sums of that form per 16. */
+static void quantize_x(const float *x, int64_t n, int8_t *q, float *xd, float *xs) {
+    const int near = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    for (int64_t r = 0; r < n / 32; r++) {
+        __m512 v[2] = {_mm512_loadu_ps(x + 32 * r), _mm512_loadu_ps(x + 32 * r + 16)};
+        float top = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+        __m512 inv = _mm512_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+        xd[r] = top / 127.0f / (RADIX * RADIX);
+        for (int i = 0; i < 2; i++) {
+            __m512 t = _mm512_mul_ps(v[i], inv);
+            float sum = 0.0f;
+            for (int p = 0; p < 3; p++) { /* each digit: the rest rounded, its error scaled up */
+                __m512 d = _mm512_roundscale_ps(t, near);
+                t = _mm512_mul_ps(_mm512_sub_ps(t, d), _mm512_set1_ps(RADIX));
+                __m512i digit = _mm512_cvtps_epi32(d);
+                _mm_storeu_si128((void *)(q + p * n + 32 * r + 16 * i), _mm512_cvtepi32_epi8(digit));
+                sum = sum * RADIX + (float)_mm512_reduce_add_epi32(digit);
+            }
+            xs[2 * r + i] = sum * xd[r];
+        }
+    }
+}
+#endif
+
+/* x's forms the build's `take` reads (bf16 halves, int8 runs) and their sums per 16 into `a`;
+ * `buf` holds them. The sums are of x as the products see it, so offsets cancel exactly.
+ * Returns 0, or -1 without memory. */
 static int prepare_x(const float *x, int M, int K, Act *a, void **buf) {
     int64_t n = (int64_t)M * K, groups = n / 16;
-    float *xs = malloc(sizeof(float) * groups + sizeof(uint16_t) * 2 * n);
+    float *xs = malloc(sizeof(float) * (groups + n / 32) + 4 * n); /* + bf16 pairs or 3 digits */
     if (!xs) return -1;
     *buf = xs;
-    *a = (Act){x, NULL, NULL, xs, K, NULL};
+    *a = (Act){x, NULL, NULL, NULL, xs + groups, n, xs, K, NULL};
+#ifdef __AVX512VNNI__
+    a->q = (int8_t *)(xs + groups + n / 32);
+    quantize_x(x, n, (int8_t *)a->q, xs + groups, xs);
+#else
 #ifdef __AVX512BF16__
-    uint16_t *hi = (uint16_t *)(xs + groups), *lo = hi + n;
+    uint16_t *hi = (uint16_t *)(xs + groups + n / 32), *lo = hi + n;
     for (int64_t i = 0; i < n; i++) {
         hi[i] = bf16_round(x[i]);
         lo[i] = bf16_round(x[i] - bf16_to_f32(hi[i]));
@@ -251,13 +318,14 @@ static int prepare_x(const float *x, int M, int K, Act *a, void **buf) {
         float s = 0.0f;
         for (int i = 0; i < 16; i++) {
 #ifdef __AVX512BF16__
-            s += bf16_to_f32(a->hi[16 * g + i]) + bf16_to_f32(a->lo[16 * g + i]);
+            s += bf16_to_f32(hi[16 * g + i]) + bf16_to_f32(lo[16 * g + i]);
 #else
             s += x[16 * g + i];
 #endif
         }
         xs[g] = s;
     }
+#endif
     return 0;
 }
 
@@ -276,8 +344,10 @@ int linear_q(int type, const float *x, const uint8_t *W, const float *bias, floa
         for (int m0 = 0; m0 < M; m0 += MAXM) {
             int rows = M - m0 < MAXM ? M - m0 : MAXM;
             int64_t at = (int64_t)m0 * K;
-            Act a = {all.x + at, all.hi ? all.hi + at : NULL, all.lo ? all.lo + at : NULL,
-                     all.xs + at / 16, K, NULL};
+            Act a = all;
+            a.x += at, a.xs += at / 16, a.xd += at / 32;
+            if (a.hi) a.hi += at, a.lo += at;
+            if (a.q) a.q += at;
             switch (rows) { /* constant row counts: the accumulators stay in registers */
             case 1: row_dot(type, src, &a, 1, out); break;
             case 2: row_dot(type, src, &a, 2, out); break;
@@ -299,7 +369,7 @@ int dequant_rows(int type, const uint8_t *W, const int64_t *rows, float *out, in
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int i = 0; i < n; i++) {
         int64_t at = rows ? rows[i] : i;
-        Act a = {NULL, NULL, NULL, NULL, K, out + (int64_t)i * K};
+        Act a = {.K = K, .out = out + (int64_t)i * K};
         row_dot(type, W + at * row_bytes, &a, 0, NULL);
     }
     return 0;

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from core.config import ModelConfig
 from core.kernels.quant import QuantEmbedding, QuantLinear
@@ -132,6 +134,21 @@ def quantize_state(state: dict, kind: str) -> dict:
     return out
 
 
+class NoInit(TorchFunctionMode):
+    """`nn.init` initialisers as no-ops in this thread: on meta tensors they run torch's Python
+    decompositions, whose first call imports torch._dynamo (~1.3 s of a first model load)."""
+
+    SKIP = frozenset(
+        getattr(nn.init, name)
+        for name in ("normal_", "uniform_", "zeros_", "ones_", "kaiming_uniform_", "trunc_normal_")
+    )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIP:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
 def packed_model(config: ModelConfig, state: dict, dtype: torch.dtype) -> Decoder:
     """A `Decoder` (eval mode, CPU) whose `Packed` matrices become QuantLinear / QuantEmbedding;
     the dense tensors (norms, biases, matrices of other types) load as usual, in `dtype`."""
@@ -142,7 +159,7 @@ def packed_model(config: ModelConfig, state: dict, dtype: torch.dtype) -> Decode
     # names and shapes checked as for dense weights (packed ones by their logical shape)
     meta = {k: torch.empty(v.shape, device="meta") for k, v in state.items()}
     check_state(config, meta, config.name)
-    with init_empty_weights():  # parameters on the meta device: no throwaway random init
+    with init_empty_weights(), NoInit():  # parameters on the meta device, left uninitialised
         model = Decoder(config)
     dense = {k: v for k, v in state.items() if not isinstance(v, Packed)}
     for name, value in state.items():

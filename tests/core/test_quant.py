@@ -4,6 +4,9 @@ type, on both instruction-set builds and on the torch fallback."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -49,7 +52,8 @@ def reference(packed: Packed) -> torch.Tensor:
 
 
 def tolerance(variant: str | None, rows: int) -> float:
-    """fp32 sums: 1e-5; the bf16 build's decoding steps split x into two bf16 (~1e-5 each)."""
+    """fp32 sums: 1e-5 (the VNNI build's three int8 digits of x hold fp32's 24 bits); the bf16
+    build's decoding steps split x into two bf16 (~1e-5 each)."""
     return 1e-4 if variant == "avx512bf16" and rows <= quant.MAX_ROWS else 1e-5
 
 
@@ -226,3 +230,43 @@ def test_a_truncated_gguf_is_a_weights_error(tmp_path, smollm2_gguf):
     cut.write_bytes(smollm2_gguf.read_bytes()[:5000])
     with pytest.raises(WeightsError, match="not a readable GGUF"):
         load_gguf(cut)
+
+
+def test_the_pick_prefers_vnni_and_takes_the_override(monkeypatch):
+    """The fastest faithful build the CPU runs (avx512bf16 only when asked), or the one named."""
+    avx512 = build.ISAS["avx512"][1]
+    monkeypatch.setattr(build.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv("SCRATCHGPT_KERNELS", raising=False)
+    monkeypatch.setattr(build, "cpu_flags", lambda: avx512 | {"avx512_vnni", "avx512_bf16"})
+    assert build.pick_isa() == "avx512vnni"
+    monkeypatch.setattr(build, "cpu_flags", lambda: avx512)
+    assert build.pick_isa() == "avx512"
+    monkeypatch.setenv("SCRATCHGPT_KERNELS", "avx2")
+    assert build.pick_isa() == "avx2"
+    monkeypatch.setenv("SCRATCHGPT_KERNELS", "avx512vnni")
+    assert build.pick_isa() is None  # asked for a build this CPU cannot run: says why
+    assert build.missing() == (
+        "SCRATCHGPT_KERNELS=avx512vnni: this CPU lacks avx512_vnni (the avx512vnni build needs it)"
+    )
+    monkeypatch.setenv("SCRATCHGPT_KERNELS", "avx9")
+    assert build.pick_isa() is None and "'avx9' is none of 0, auto, avx512bf16" in build.missing()
+
+
+def test_packed_models_build_without_importing_dynamo():
+    """Meta parameters left uninitialised: torch's Python init decompositions, whose first use
+    imports torch._dynamo (~1.3 s of the app's first answer), never run."""
+    code = (
+        "import sys, torch\n"
+        "from accelerate import init_empty_weights\n"
+        "from core.config import ModelConfig\n"
+        "from core.kernels.quantize import NoInit\n"
+        "from core.model import Decoder\n"
+        "with init_empty_weights(), NoInit():\n"
+        "    model = Decoder(ModelConfig.preset('llama'))\n"
+        "print(model.wte.weight.device, model.rope_cos.device, 'torch._dynamo' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["meta", "cpu", "False"]
