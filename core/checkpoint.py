@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from core.config import ConfigError, ModelConfig
-from core.model import Decoder
+from core.model import Decoder, NoInit
 
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -35,7 +35,7 @@ def refuse_pickle(path: Path) -> None:
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes a `Decoder` with this config has, without allocating it."""
-    with torch.device("meta"):
+    with torch.device("meta"), NoInit():
         model = Decoder(config)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 

@@ -66,8 +66,10 @@ def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
 
 def rope_tables(n_pos: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of position * theta^(-2i/d), duplicated across both halves; each (n_pos, hd)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
-    freqs = torch.outer(torch.arange(n_pos, dtype=torch.float32), inv_freq)  # (n_pos, hd/2)
+    # on the CPU even inside a meta-device build: meta maths runs Python decompositions (slow)
+    steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
+    inv_freq = 1.0 / theta ** (steps / head_dim)
+    freqs = torch.outer(torch.arange(n_pos, dtype=torch.float32, device="cpu"), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)  # (n_pos, hd)
     return emb.cos(), emb.sin()
 

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from core.config import ModelConfig
 from core.layers import (
@@ -18,6 +19,21 @@ from core.layers import (
     rope_tables,
     sinusoidal_table,
 )
+
+
+class NoInit(TorchFunctionMode):
+    """`nn.init` initialisers as no-ops in this thread: on meta tensors they run torch's Python
+    decompositions, whose first call imports torch._dynamo (~1.3 s of a first model load)."""
+
+    SKIP = frozenset(
+        getattr(nn.init, name)
+        for name in ("normal_", "uniform_", "zeros_", "ones_", "kaiming_uniform_", "trunc_normal_")
+    )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIP:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 class ContextLengthError(ValueError):

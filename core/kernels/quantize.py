@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from core.config import ModelConfig
 from core.kernels.quant import QuantEmbedding, QuantLinear
-from core.model import Decoder
+from core.model import Decoder, NoInit
 from core.weights import PACKED_TYPES, Packed
 
 ALIASES = {"int8": "Q8_0", "q4": "Q4_1"}
@@ -132,21 +130,6 @@ def quantize_state(state: dict, kind: str) -> dict:
             dense = value.dequantize() if isinstance(value, Packed) else value
             out[name] = quantize_matrix(dense, want)
     return out
-
-
-class NoInit(TorchFunctionMode):
-    """`nn.init` initialisers as no-ops in this thread: on meta tensors they run torch's Python
-    decompositions, whose first call imports torch._dynamo (~1.3 s of a first model load)."""
-
-    SKIP = frozenset(
-        getattr(nn.init, name)
-        for name in ("normal_", "uniform_", "zeros_", "ones_", "kaiming_uniform_", "trunc_normal_")
-    )
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.SKIP:
-            return args[0] if args else kwargs["tensor"]
-        return func(*args, **(kwargs or {}))
 
 
 def packed_model(config: ModelConfig, state: dict, dtype: torch.dtype) -> Decoder:
