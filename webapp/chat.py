@@ -65,7 +65,10 @@ class ChatLimits:
     rag_source_chars: int = 700  # each source is cut to the sentences around its best one
     # below this retrieval score the documents are taken not to answer (bench/rag_answers.py)
     rag_min_score: float = 0.45
+    # a RAG question waits for its session's uploads: the page this long before it takes the
+    # model slot (`Handlers.await_indexing`), and in the slot only briefly, then it is refused
     index_wait_s: float = 600.0
+    index_wait_in_slot_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -267,12 +270,12 @@ class ChatService:
             raise ChatInputError(
                 f"retrieval must be one of {', '.join(MODES)}; got {turn.request.retrieval!r}."
             )
-        if self.library is None or not self.library.has_documents(session):
-            raise ChatInputError(
-                "RAG answers from your documents, and none are indexed yet: upload a PDF, TXT or "
-                "MD file under Documents first, or switch the template to chat."
-            )
         try:
+            if self.library is None or not self.library.has_documents(session):
+                raise ChatInputError(
+                    "RAG answers from your documents, and none are indexed yet: upload a PDF, "
+                    "TXT or MD file under Documents first, or switch the template to chat."
+                )
             return self.library.search(
                 session,
                 turn.message,
@@ -280,8 +283,23 @@ class ChatService:
                 mode=turn.request.retrieval,
                 candidates=self.limits.rag_candidates,
             )
-        except IngestError as err:  # a query that cannot be searched (QueryError), store trouble
+        except IngestError as err:  # a query that cannot be searched (QueryError), a locked store
             raise ChatInputError(str(err)) from err
+
+    def uploads_pending(self, template: str, session: str) -> list[str]:
+        """RAG: this session's files still being indexed (a RAG question waits for them)."""
+        if template != "rag" or self.library is None:
+            return []
+        return self.library.pending(session)
+
+    def wait_for_uploads(self, template: str, session: str, timeout: float) -> None:
+        """RAG: wait up to `timeout` s for this session's uploads to be indexed;
+        `ChatInputError` naming the files still indexing when they take longer."""
+        if self.uploads_pending(template, session) and not self.library.wait_indexed(
+            session, timeout
+        ):
+            names = ", ".join(repr(n) for n in dict.fromkeys(self.library.pending(session)))
+            raise ChatInputError(f"Still indexing {names}; ask again in a moment.")
 
     def prepare(self, request: ChatRequest | Turn, session: str = "") -> Prepared:
         """The exact prompt (retrieval included) without generating: what "show prompt" shows
@@ -348,16 +366,10 @@ class ChatService:
     ) -> Iterator[Reply]:
         """Yield the reply so far after each decoded piece (beam search: with its current best)."""
         turn = self.check(request)
-        if (
-            turn.request.template == "rag"
-            and self.library is not None
-            and self.library.indexing(session)
-        ):
+        template = turn.request.template
+        if self.uploads_pending(template, session):  # in the model slot: only briefly
             yield Reply("⏳ Waiting for your uploads to finish indexing before answering…")
-            if not self.library.wait_indexed(session, self.limits.index_wait_s):
-                raise ChatInputError(
-                    "Your documents are still being indexed; ask again in a minute."
-                )
+            self.wait_for_uploads(template, session, self.limits.index_wait_in_slot_s)
         prepared = self.prepare(turn, session)
         reply = Reply(
             "",

@@ -1,7 +1,8 @@
 """Which models the app offers, and loading them once: the default (`SCRATCHGPT_MODEL`, checked
 at start-up, else the packaged SmolLM2), checkpoints under `models/`, and (on a machine with
-network) a Hugging Face hub id typed by the user. RAG questions to the default go to the
-grounded-QA fine-tune (`make rag-model`, or `SCRATCHGPT_RAG_MODEL`) when there is one."""
+network) the Hugging Face hub ids the host lists in `SCRATCHGPT_HUB_MODELS`. A client picks among
+these only: it cannot make the server download anything else. RAG questions to the default go to
+the grounded-QA fine-tune (`make rag-model`, or `SCRATCHGPT_RAG_MODEL`) when there is one."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from core.weights import WeightsError, config_from_hf
 DEFAULT = "default"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MODEL_VARIABLE = "SCRATCHGPT_MODEL"
+HUB_VARIABLE = "SCRATCHGPT_HUB_MODELS"
 RAG_VARIABLE = "SCRATCHGPT_RAG_MODEL"
 RAG_MODEL_NAME = "smollm2-rag"  # what `make rag-model` writes under models/
 WHAT_TO_SET = (
@@ -164,6 +166,19 @@ def _hub_model(repo_id: str) -> DefaultModel:
     return DefaultModel(repo_id, repo_id)
 
 
+def hub_models(value: str | None) -> tuple[str, ...]:
+    """The hub ids `SCRATCHGPT_HUB_MODELS=value` lists (comma-separated), checked by form only;
+    `ModelConfigError` names one that is not a hub id."""
+    ids = tuple(dict.fromkeys(v.strip() for v in (value or "").split(",") if v.strip()))
+    for repo_id in ids:
+        if not HUB_ID.match(repo_id):
+            raise ModelConfigError(
+                f"{HUB_VARIABLE}={value!r}: {repo_id!r} is not a hub id like "
+                "'HuggingFaceTB/SmolLM2-360M-Instruct'; list hub ids separated by commas."
+            )
+    return ids
+
+
 class ModelRegistry:
     """The model choices, and an LRU of loaded models (`capacity` of them stay in memory)."""
 
@@ -175,25 +190,30 @@ class ModelRegistry:
         capacity: int = 2,
         loader: Callable[[str], LLM] = LLM.load,
         rag: str | None = None,
+        hub: tuple[str, ...] = (),
     ) -> None:
         """`rag`: a value for `rag_model` ("off" for none); unset, `models/smollm2-rag` is used
-        for RAG questions to the default when it exists."""
+        for RAG questions to the default when it exists. `hub`: the hub ids offered (online)."""
         self.models_dir = Path(models_dir)
         self.default = default or DefaultModel()
         self.rag = rag_model(rag, self.models_dir, self.default)
+        self.hub = tuple(hub)
         self.capacity = max(1, capacity)
         self._loader = loader
         self._loaded: OrderedDict[str, LLM] = OrderedDict()
-        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # one per source being loaded
+        self._lock = threading.Lock()  # guards the two dicts; never held while loading
 
     def choices(self) -> list[tuple[str, str]]:
-        """(label, value) pairs: the default, then every checkpoint directory under `models/`."""
+        """(label, value) pairs: the default, every checkpoint directory under `models/`, then
+        the listed hub ids where the hub is reachable."""
         found = []
         if self.models_dir.is_dir():
             found = sorted(
                 p for p in self.models_dir.iterdir() if p.is_dir() and is_checkpoint_dir(p)
             )
-        return [(self.default.label, DEFAULT)] + [(p.name, str(p)) for p in found]
+        hub = [(repo_id, repo_id) for repo_id in self.hub] if hub_allowed() else []
+        return [(self.default.label, DEFAULT)] + [(p.name, str(p)) for p in found] + hub
 
     def resolve(self, name: str) -> str:
         """The source `LLM.load` gets for a user's choice; anything else is refused."""
@@ -204,20 +224,14 @@ class ModelRegistry:
             return name
         if name in {value for _, value in self.choices()}:
             return name
-        if HUB_ID.match(name) and not Path(name).exists():
-            if not hub_allowed():
-                raise ModelChoiceError(
-                    f"{name!r} would come from the Hugging Face hub, but this server is offline; "
-                    "pick the default or a checkpoint under models/."
-                )
-            return name
-        raise ModelChoiceError(
-            f"{name!r} is not one of this server's models; pick one from the list"
-            + (
-                " or type a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'."
-                if hub_allowed()
-                else "."
+        if name in self.hub:
+            raise ModelChoiceError(
+                f"{name!r} would come from the Hugging Face hub, but this server is offline; "
+                "pick the default or a checkpoint under models/."
             )
+        raise ModelChoiceError(
+            f"{name!r} is not one of this server's models; pick one from its list (the server "
+            f"downloads only the hub models its host lists in {HUB_VARIABLE})."
         )
 
     def for_template(self, name: str, template: str) -> tuple[LLM, str]:
@@ -232,17 +246,27 @@ class ModelRegistry:
         )
 
     def get(self, name: str) -> LLM:
-        """The loaded model for `name` (loads it on first use; evicts the least recently used)."""
+        """The loaded model for `name` (loads it on first use; evicts the least recently used).
+        Two first requests for one model load it once; nobody else waits for that load."""
         source = self.resolve(name)
-        with self._lock:  # two first requests must not load the same model twice
-            if source in self._loaded:
-                self._loaded.move_to_end(source)
-                return self._loaded[source]
-            try:
-                llm = self._loader(source)
-            except (ModelLoadError, OSError, ValueError) as err:
-                raise ModelChoiceError(f"could not load {name!r}: {err}") from err
-            self._loaded[source] = llm
-            while len(self._loaded) > self.capacity:
-                self._loaded.popitem(last=False)
-            return llm
+        while True:
+            with self._lock:
+                if source in self._loaded:
+                    self._loaded.move_to_end(source)
+                    return self._loaded[source]
+                loading = self._loading.setdefault(source, threading.Lock())
+            with loading:
+                if self._loading.get(source) is not loading:
+                    continue  # loaded (or failed) meanwhile: look again
+                try:
+                    llm = self._loader(source)
+                except (ModelLoadError, OSError, ValueError) as err:
+                    with self._lock:
+                        del self._loading[source]
+                    raise ModelChoiceError(f"could not load {name!r}: {err}") from err
+                with self._lock:
+                    del self._loading[source]
+                    self._loaded[source] = llm
+                    while len(self._loaded) > self.capacity:
+                        self._loaded.popitem(last=False)
+                    return llm

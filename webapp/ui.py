@@ -1,8 +1,9 @@
 """The Gradio page: streaming chat, decoding controls, prompt templates with a "show prompt" view,
 and per-session document upload with cited answers.
 
-Public API (for `gradio_client`): `/chat` (streams the answer text) and `/upload` (files ->
-status). Every other event is private.
+Public API (for `gradio_client`): `/new_session` (a session key), `/upload` (files and that key ->
+status) and `/chat` (streams the answer text; RAG over the key's documents). Every other event is
+private. The page keeps its session key in the browser (`gr.BrowserState`, out of URLs).
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from core.generate.settings import DEFAULTS
 from ingest import DEFAULT_MODE
 from ingest import MODES as RETRIEVAL_MODES
 from webapp.chat import DEFAULT_SYSTEM_PROMPT, TEMPLATES, ChatService
+from webapp.fill_mask import build_fill_mask_tab
 from webapp.handlers import Handlers, mode_changed
-from webapp.models import hub_allowed
+from webapp.history import History
+from webapp.history_tab import build_history_sidebar
+from webapp.inspect import build_inspect_tab
+from webapp.sessions import SessionKeys
+from webapp.train_tab import build_train_tabs
 
 MODES = [("Greedy", "greedy"), ("Sampling", "sample"), ("Beam search", "beam")]
 TEMPLATE_HELP = (
@@ -30,13 +36,21 @@ RETRIEVAL_HELP = (
 )
 PRIVATE = {"api_visibility": "private"}
 MODEL = {"concurrency_id": "model"}  # every event that runs the model shares the model's slots
+CACHE_CLEANUP = (3600, 3600)  # Gradio deletes uploads left in its cache for an hour, hourly
+HISTORY = "data/history"  # chats kept per session (`webapp.history`)
 
 
-def build_demo(service: ChatService) -> gr.Blocks:
-    """The whole page; nothing is loaded until the first request needs it."""
-    h = Handlers(service)
+def build_demo(
+    service: ChatService, keys: SessionKeys | None = None, history: History | None = None
+) -> gr.Blocks:
+    """The whole page; nothing is loaded until the first request needs it. `keys`: the session
+    keys' signer (one per process by default); `history`: where chats are kept (data/history)."""
+    h = Handlers(service, keys)
+    history = history or History(HISTORY)
     cap = service.limits.max_new_tokens
-    with gr.Blocks(title="ScratchGPT") as demo:
+    with gr.Blocks(title="ScratchGPT", delete_cache=CACHE_CLEANUP) as demo:
+        # the key lives in the browser's localStorage (a reload keeps it); sent with each event
+        session = gr.BrowserState("", storage_key="scratchgpt-session")
         gr.Markdown(
             "# ScratchGPT\nChat with a transformer written from first principles, running on this "
             "machine. Upload documents to get answers with cited sources (RAG template)."
@@ -55,14 +69,17 @@ def build_demo(service: ChatService) -> gr.Blocks:
                     box = gr.Textbox(
                         placeholder="Ask something…",
                         show_label=False,
+                        interactive=False,  # enabled once the page has its session key (`keyed`)
                         scale=5,
                         elem_id="message",
                         max_lines=8,
                     )
-                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                    send = gr.Button(
+                        "Send", variant="primary", scale=1, elem_id="send", interactive=False
+                    )
                 with gr.Row():
                     stop = gr.Button("Stop", elem_id="stop")
-                    regen = gr.Button("Regenerate", elem_id="regenerate")
+                    regen = gr.Button("Regenerate", elem_id="regenerate", interactive=False)
                     clear = gr.Button("Clear", elem_id="clear")
                 notice = gr.Markdown(elem_id="notice")
             with gr.Column(scale=2), gr.Tabs():
@@ -71,9 +88,8 @@ def build_demo(service: ChatService) -> gr.Blocks:
                         [(label, value) for label, value in service.models.choices()],
                         value="default",
                         label="Model",
-                        allow_custom_value=hub_allowed(),
-                        info="The default, or a checkpoint under models/"
-                        + (" (or type a hub id)" if hub_allowed() else ""),
+                        info="The default, a checkpoint under models/, or a hub model the host "
+                        "lists",
                         elem_id="model",
                     )
                     mode = gr.Radio(MODES, value=DEFAULTS.mode, label="Decoding", elem_id="mode")
@@ -176,7 +192,7 @@ def build_demo(service: ChatService) -> gr.Blocks:
                         interactive=False,
                         elem_id="examples",
                     )
-                    show = gr.Button("Show prompt", elem_id="show-prompt")
+                    show = gr.Button("Show prompt", elem_id="show-prompt", interactive=False)
                     prompt_info = gr.Markdown(elem_id="prompt-info")
                     prompt_view = gr.Code(
                         label="Exact text sent to the model",
@@ -187,6 +203,7 @@ def build_demo(service: ChatService) -> gr.Blocks:
                 with gr.Tab("Documents", id="documents"):
                     files = gr.File(
                         file_count="multiple",
+                        interactive=False,
                         file_types=[".pdf", ".txt", ".md"],
                         label="Upload PDF, TXT or MD",
                         elem_id="upload",
@@ -201,7 +218,7 @@ def build_demo(service: ChatService) -> gr.Blocks:
                     )
                     with gr.Row():
                         doc_pick = gr.Dropdown([], label="Document", scale=3, elem_id="doc-pick")
-                        delete = gr.Button("Delete", scale=1, elem_id="delete")
+                        delete = gr.Button("Delete", scale=1, elem_id="delete", interactive=False)
                     retrieval = gr.Radio(
                         list(RETRIEVAL_MODES),
                         value=DEFAULT_MODE,
@@ -209,6 +226,8 @@ def build_demo(service: ChatService) -> gr.Blocks:
                         info=RETRIEVAL_HELP,
                         elem_id="retrieval",
                     )
+                build_train_tabs(demo, service, model)
+                build_fill_mask_tab()  # encoders load on first use
 
         form = {
             "message": box,
@@ -228,9 +247,12 @@ def build_demo(service: ChatService) -> gr.Blocks:
             "instruction": instruction,
             "examples": examples,
             "retrieval": retrieval,
+            "session": session,
         }
         h.fields = {component: name for name, component in form.items()}
         inputs = set(form.values())  # Gradio then passes one {component: value} dict
+        build_inspect_tab(h, form)  # "Inside the model": under the chat, full width
+        chats = build_history_sidebar(h, history, session, chatbot, notice, MODEL)
         knobs = [temperature, top_k, top_p, num_beams, seed, repetition]
         mode.change(mode_changed, mode, knobs, queue=False, **PRIVATE)
         template.change(
@@ -242,24 +264,48 @@ def build_demo(service: ChatService) -> gr.Blocks:
         )
 
         outputs = [box, chatbot, notice]
-        submits = [
-            trigger(h.respond, inputs, outputs, **PRIVATE, **MODEL)
-            for trigger in (send.click, box.submit)
-        ]
-        regenerating = regen.click(h.regenerate, inputs, outputs, **PRIVATE, **MODEL)
-        stop.click(None, None, None, cancels=[*submits, regenerating], queue=False, **PRIVATE)
+        answering = []
+        for trigger, answer in (
+            (send.click, h.respond),
+            (box.submit, h.respond),
+            (regen.click, h.regenerate),
+        ):
+            # a RAG question waits for its uploads here, outside the model's slots
+            waiting = trigger(
+                h.await_indexing,
+                [template, session],
+                notice,
+                concurrency_limit=None,
+                show_progress="hidden",
+                **PRIVATE,
+            )
+            answered = waiting.success(answer, inputs, outputs, **PRIVATE, **MODEL)
+            answered.success(chats.record, chats.inputs, chats.outputs, queue=False, **PRIVATE)
+            answering += [waiting, answered]
+        stop.click(None, None, None, cancels=answering, queue=False, **PRIVATE)
         clear.click(lambda: ([], "", ""), None, [chatbot, notice, box], queue=False, **PRIVATE)
+        clear.click(lambda: None, None, chats.current, queue=False, **PRIVATE)  # a new chat next
         show.click(h.show_prompt, inputs, [prompt_view, prompt_info], **PRIVATE)
 
         files.upload(
             h.upload,
-            files,
+            [files, session],
             [upload_status, docs, doc_pick, files],
             api_name="upload",
             concurrency_id="ingest",
             concurrency_limit=1,
         )
-        delete.click(h.delete, doc_pick, [upload_status, docs, doc_pick], **PRIVATE)
-        demo.load(h.on_load, None, [docs, doc_pick, model], **PRIVATE)
+        delete.click(h.delete, [doc_pick, session], [upload_status, docs, doc_pick], **PRIVATE)
+        # not queued: the key comes back in this request's own response, not on the event stream
+        # (which anyone holding the page's Gradio session hash could read)
+        loaded = demo.load(
+            h.on_load, session, [session, docs, doc_pick, model], queue=False, **PRIVATE
+        )
+        loaded.then(chats.refresh, chats.inputs, chats.outputs[0], queue=False, **PRIVATE)
+        keyed = [box, send, regen, show, files, delete]  # what sends the key: usable once it is set
+        loaded.then(
+            lambda: [gr.update(interactive=True)] * len(keyed), None, keyed, queue=False, **PRIVATE
+        )
+        gr.api(h.new_session, api_name="new_session", queue=False)
         gr.api(h.chat_api, api_name="chat", **MODEL)
     return demo

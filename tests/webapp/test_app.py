@@ -1,4 +1,5 @@
-"""The served app through `gradio_client`: public endpoints, concurrency, queue limit, uploads."""
+"""The served app through `gradio_client`: public endpoints, concurrency, queue limit, uploads and
+their caps."""
 
 from __future__ import annotations
 
@@ -22,14 +23,17 @@ def app(tmp_path_factory):
         tmp_path_factory.mktemp("app"),
         SCRATCHGPT_QUEUE_SIZE=str(QUEUE_SIZE),
         SCRATCHGPT_MAX_UPLOAD_MB="1",
+        SCRATCHGPT_MAX_UPLOAD_FILES="4",
+        SCRATCHGPT_MAX_REQUEST_MB="2",
+        SCRATCHGPT_MAX_SESSION_DOCS="3",
     )
     yield running
     stop_app(running)
 
 
-def test_only_chat_and_upload_are_public(app):
+def test_only_chat_upload_and_new_session_are_public(app):
     api = Client(app.url, verbose=False).view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/chat", "/upload"}
+    assert set(api["named_endpoints"]) == {"/chat", "/upload", "/new_session"}
     assert not api["unnamed_endpoints"]
 
 
@@ -86,8 +90,9 @@ def test_upload_endpoint_indexes_and_rejects_with_reasons(app, tmp_path):
     big = tmp_path / "big.txt"
     big.write_text("All work and no play makes a long file. " * 40_000)  # 1.6 MB > the 1 MB limit
     client = Client(app.url, verbose=False)
+    key = client.predict(api_name="/new_session")
     status, table, *_ = client.predict(
-        [handle_file(p) for p in (locked, fake, big, good)], api_name="/upload"
+        [handle_file(p) for p in (locked, fake, big, good)], session=key, api_name="/upload"
     )
     lines = status.split("\n\n")
     assert lines[0].startswith("❌ locked.pdf:") and "password-protected" in lines[0]
@@ -96,10 +101,10 @@ def test_upload_endpoint_indexes_and_rejects_with_reasons(app, tmp_path):
     assert lines[3].startswith("✅ Added") and "notes.md" in lines[3]
     assert [row[0] for row in table["data"]] == ["notes.md"]  # the rejected files left no trace
     answer = client.predict(
-        "What is the observatory's telescope called?", template="rag", api_name="/chat"
+        "What is the observatory's telescope called?", template="rag", session=key, api_name="/chat"
     )
     assert "**Sources**" in answer and "notes.md, page 1" in answer
-    other = Client(app.url, verbose=False)  # another session: nothing of this one's
+    other = Client(app.url, verbose=False)  # no session: nothing of this one's
     with pytest.raises(Exception, match="none are indexed yet"):
         other.predict(
             "What is the observatory's telescope called?", template="rag", api_name="/chat"
@@ -107,3 +112,32 @@ def test_upload_endpoint_indexes_and_rejects_with_reasons(app, tmp_path):
     # uploads are read and deleted, so nothing is left to download (Gradio keeps empty temp files)
     leftovers = [p for p in (app.tmp / "gradio").rglob("*") if p.is_file() and p.stat().st_size]
     assert not leftovers, leftovers
+
+
+def test_upload_caps_refuse_the_files_over_them_with_reasons_and_take_the_rest(app, tmp_path):
+    def text(name: str, size: int, word: str) -> object:
+        path = tmp_path / name  # its size in spaces: one chunk, quick to index
+        path.write_text(f"The {word} file speaks of {word}." + " " * size + "Nothing else.\n")
+        return handle_file(path)
+
+    mb = 1024 * 1024
+    batch = [
+        text("a.txt", int(0.9 * mb), "apple"),
+        text("b.txt", int(0.9 * mb), "birch"),
+        text("c.txt", int(0.5 * mb), "cedar"),  # 2.3 MB with a and b: over the 2 MB per upload
+        text("d.txt", 2000, "daisy"),
+        text("e.txt", 2000, "elder"),  # the fifth file: over the 4 files per upload
+    ]
+    client = Client(app.url, verbose=False)
+    key = client.predict(api_name="/new_session")
+    status, table, *_ = client.predict(batch, session=key, api_name="/upload")
+    lines = status.split("\n\n")
+    assert [line[0] for line in lines] == ["✅", "✅", "❌", "✅", "❌"], status
+    assert lines[2].startswith("❌ c.txt:") and "2 MB together" in lines[2]
+    assert lines[4].startswith("❌ e.txt:") and "at most 4 files" in lines[4]
+    assert sorted(row[0] for row in table["data"]) == ["a.txt", "b.txt", "d.txt"]
+    status, table, *_ = client.predict(
+        [text("f.txt", 2000, "fir")], session=key, api_name="/upload"
+    )
+    assert status.startswith("❌ f.txt:") and "already holds 3 documents" in status
+    assert len(table["data"]) == 3

@@ -49,7 +49,7 @@ class Session:
         return [str(p) for r in self.upload_responses for p in r.json()]
 
     def tab(self, name: str) -> None:
-        self.page.get_by_role("tab", name=name).click()
+        self.page.get_by_role("tab", name=name, exact=True).click()
 
     def choose(self, radio: str, label: str) -> None:
         self.page.locator(f"#{radio} label", has_text=label).first.click()

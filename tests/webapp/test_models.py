@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from threading import Event, Thread
 
 import pytest
 import torch
@@ -16,7 +18,13 @@ from core.load import DEFAULT_MODEL_NAME
 from core.tokenizer import Tokenizer
 from tests.webapp.conftest import ROOT, start_app, stop_app, tiny_checkpoint
 from webapp.chat import ChatRequest, ChatService
-from webapp.models import DefaultModel, ModelConfigError, ModelRegistry, default_model
+from webapp.models import (
+    DefaultModel,
+    ModelChoiceError,
+    ModelConfigError,
+    ModelRegistry,
+    default_model,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -259,3 +267,39 @@ def test_a_rag_model_is_used_only_for_the_packaged_default_or_when_set(tmp_path)
         message = str(err.value)
         assert message.startswith(f"SCRATCHGPT_RAG_MODEL={str(value)!r}: ") and why in message
         assert "or to 'off'" in message
+
+
+# -- hub models: only those the host lists, and no registry lock held while one loads ------------
+
+
+def test_only_listed_hub_models_load_and_a_slow_load_blocks_nobody_else(smollm2, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    listed, started, release, loaded = "org/listed-model", Event(), Event(), []
+
+    def loader(source: str) -> LLM:  # a download that takes as long as the test says
+        loaded.append(source)
+        if source == listed:
+            started.set()
+            assert release.wait(30)
+        return smollm2
+
+    registry = ModelRegistry("no-models-here", loader=loader, hub=(listed,))
+    assert registry.choices()[-1] == (listed, listed)
+    with pytest.raises(ModelChoiceError, match="not one of this server's models") as refused:
+        registry.get("someone/a-huge-model")
+    assert "SCRATCHGPT_HUB_MODELS" in str(refused.value) and loaded == []
+    assert registry.get("default") is smollm2
+    first, second = (Thread(target=registry.get, args=(listed,)) for _ in range(2))
+    first.start()
+    assert started.wait(30)
+    second.start()
+    began = time.monotonic()
+    assert registry.get("default") is smollm2  # not queued behind the download
+    assert time.monotonic() - began < 1.0
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert loaded == ["default", listed]  # two callers, one download
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelChoiceError, match="this server is offline"):
+        registry.resolve(listed)
