@@ -56,7 +56,7 @@ def test_ingest_never_imports_core():
 
 
 # the modules that lay out the page and turn its events into calls; the rest serve any client
-UI_LAYER = {"ui", "handlers", "inspect", "fill_mask", "train_tab", "train_handlers"}
+UI_LAYER = {"ui", "handlers", "inspect", "fill_mask", "train_tab", "train_handlers", "history_tab"}
 SERVICES = ["chat", "documents", "models", "history", "sessions", "inspect_runs", "jobs"]
 
 

@@ -150,10 +150,15 @@ class History:
     def _title(self, title: str) -> str:
         return " ".join(str(title).split())[: self.limits.max_title_chars]
 
-    def append(self, owner: str, cid: str, turn: dict[str, Any]) -> None:
-        """Add a finished turn; the first one names an untitled conversation."""
+    def append(
+        self, owner: str, cid: str, turn: dict[str, Any], *, replace_last: bool = False
+    ) -> None:
+        """Add a finished turn (or, regenerated, put it in place of the last one); the first one
+        names an untitled conversation."""
         with self._lock:
             conv = self.load(owner, cid)
+            if replace_last and conv["turns"]:
+                conv["turns"].pop()
             if len(conv["turns"]) >= self.limits.max_turns:
                 raise HistoryError(
                     f"This conversation has {self.limits.max_turns} turns, the most kept; "
