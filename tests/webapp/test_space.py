@@ -20,7 +20,7 @@ RUNTIME = [
     *(ROOT / "ingest").rglob("*.py"),
     *(p for p in (ROOT / "core").rglob("*.py") if "recipes" not in p.parts),
 ]
-LOCAL = {"core", "ingest", "webapp", "tests", "bench", "offline"}
+LOCAL = {"core", "ingest", "webapp", "tests", "bench", "offline", "recipes"}
 
 
 def front_matter() -> dict:
