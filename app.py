@@ -13,6 +13,7 @@ line naming it, before anything starts; counts and sizes are whole numbers of at
   SCRATCHGPT_DATA            embedded Chroma store (data/chroma); session collections an earlier
                              run left in it are removed at start-up
   CHROMA_HOST / CHROMA_PORT  use a Chroma server instead of the embedded store
+  SCRATCHGPT_EMBEDDER        library (sentence-transformers) or ours (core.sentence, same weights)
   SCRATCHGPT_LIBRARY         a shared read-only collection every session searches (unset: none)
   SCRATCHGPT_SECRET          signs session keys, at least 32 characters (unset: a random one per
                              process, so a restart asks every page to reload)
@@ -89,6 +90,19 @@ def session_keys() -> SessionKeys:
         sys.exit(f"app.py: SCRATCHGPT_SECRET {err}.")
 
 
+def embedder_setting() -> str:
+    """Our own encoder joins the embedders (`SCRATCHGPT_EMBEDDER=ours`: `core.sentence`, the
+    same MiniLM weights); any other unknown value stops the app with one line."""
+    from core.sentence import SentenceEncoder
+    from ingest import embeddings
+
+    embeddings.EMBEDDERS["ours"] = SentenceEncoder
+    try:
+        return embeddings.embedder_name()
+    except ValueError as err:
+        sys.exit(f"app.py: {err}")
+
+
 def library(config: dict[str, int]) -> Library:
     """The document library. First, the session collections an earlier run left are removed (the
     embedded store only: on a Chroma server other replicas' sessions are alive); that also finds
@@ -129,6 +143,8 @@ def main() -> None:
     print(f"Default model: {default.name} ({default.source})", flush=True)
     if models.rag:
         print(f"RAG answers: {models.rag} (SCRATCHGPT_RAG_MODEL=off to disable)", flush=True)
+    if embedder_setting() != "library":
+        print("Documents are embedded with our own encoder (core.sentence).", flush=True)
     try:
         documents = library(config)
     except ingest.IngestError as err:  # a store another process holds, or one out of reach

@@ -16,7 +16,8 @@ are in bench/README.md):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -230,3 +231,24 @@ class Embedder(EmbeddingFunction[Documents]):
 
     def supported_spaces(self) -> list[str]:
         return ["cosine"]
+
+
+# name -> a factory of an embedder with `Embedder`'s interface; the app registers its own encoder
+# (`core.sentence`, which ingest may not import) as "ours"
+EMBEDDERS: dict[str, Callable[[], Any]] = {"library": Embedder}
+
+
+def embedder_name() -> str:
+    """The embedder `SCRATCHGPT_EMBEDDER` names ("library", sentence-transformers, by default);
+    `ValueError` naming the choices for any other value."""
+    name = (os.environ.get("SCRATCHGPT_EMBEDDER") or "library").strip()
+    if name not in EMBEDDERS:
+        raise ValueError(
+            f"SCRATCHGPT_EMBEDDER={name!r}: must be one of {', '.join(sorted(EMBEDDERS))}."
+        )
+    return name
+
+
+def default_embedder() -> Any:
+    """A new embedder of the configured kind (`embedder_name`)."""
+    return EMBEDDERS[embedder_name()]()

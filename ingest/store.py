@@ -30,7 +30,7 @@ import numpy as np
 from chromadb.config import Settings
 
 from ingest.chunking import Chunk, chunk_document, load_tokenizer
-from ingest.embeddings import MODEL_NAME, Embedder, model_dimension
+from ingest.embeddings import MODEL_NAME, Embedder, default_embedder, model_dimension
 from ingest.errors import (
     DocumentNotFoundError,
     EmbedderMismatchError,
@@ -200,7 +200,7 @@ class Store:
         """The embedder, loaded on first use (listing and deleting never need it)."""
         with self._embedder_lock:
             if self._embedder is None:
-                self._embedder = Embedder()
+                self._embedder = default_embedder()
             return self._embedder
 
     def _stamp(self) -> dict[str, Any]:

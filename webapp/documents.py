@@ -34,6 +34,7 @@ from ingest import (
     load_tokenizer,
     retrieve,
 )
+from ingest.embeddings import default_embedder
 from ingest.retrieve import CANDIDATES
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
@@ -100,7 +101,7 @@ class Library:
     ) -> None:
         self.path, self.ttl_s, self.limits, self.clock = path, ttl_s, limits or FileLimits(), clock
         self.uploads = uploads or UploadLimits()
-        self.embedder = embedder or Embedder()
+        self.embedder = embedder or default_embedder()
         self._sessions: dict[str, _Session] = {}
         self._stores: dict[str, Store] = {}
         self._lock = threading.RLock()
