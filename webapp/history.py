@@ -113,6 +113,13 @@ class History:
         tmp.write_text(data, encoding="utf-8")
         os.replace(tmp, path)  # a crash leaves the old file or the new one, never half of one
 
+    def exists(self, owner: str, cid: str | None) -> bool:
+        return (
+            bool(cid)
+            and SAFE_ID.fullmatch(str(cid)) is not None
+            and (self._path(owner, str(cid)).is_file())
+        )
+
     def load(self, owner: str, cid: str) -> dict[str, Any]:
         try:
             return json.loads(self._path(owner, cid).read_text(encoding="utf-8"))

@@ -61,7 +61,7 @@ class HistoryHandlers:
         owner = self.owner(key)
         request, reply, shown, regenerated = done
         try:
-            if current is None or current not in {c.id for c in self.history.list(owner)}:
+            if not self.history.exists(owner, current):  # none open, or deleted meanwhile
                 current, regenerated = self.history.new(owner), False
             turn = turn_record(request, reply, shown)
             self.history.append(owner, current, turn, replace_last=regenerated)
