@@ -1,7 +1,7 @@
 """The only code that talks to Chroma: per-owner collections of chunks, add / list / delete / query.
 
-Embedded `PersistentClient` under `data/chroma` by default, guarded by an fcntl lock so a second
-process gets `StoreLockedError` instead of a hang; a Chroma server through `HttpClient` when
+Embedded `PersistentClient` under `data/chroma` by default, locked to one process
+(`ingest.embedded`); a Chroma server through `HttpClient` when
 `CHROMA_HOST`/`CHROMA_PORT` (or host/port) are given. Collections are stamped with the embedder's
 name and dimension. A document is added whole or not at all (`ingest.journal`); opening a store
 rolls back the adds a crashed process (kill -9) left half-done, never one still running.
@@ -14,7 +14,6 @@ embedder loads on first use, so listing and deleting never load the model.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -27,15 +26,14 @@ from typing import Any
 
 import chromadb
 import numpy as np
-from chromadb.config import Settings
 
 from ingest.chunking import Chunk, chunk_document, load_tokenizer
+from ingest.embedded import EmbeddedClient, chroma_settings
 from ingest.embeddings import MODEL_NAME, Embedder, default_embedder, model_dimension
 from ingest.errors import (
     DocumentNotFoundError,
     EmbedderMismatchError,
     IngestError,
-    StoreLockedError,
     StoreUnavailableError,
 )
 from ingest.journal import Journal
@@ -88,55 +86,6 @@ def _collection_lock(name: str) -> threading.Lock:
         return _LOCKS.setdefault(name, threading.Lock())
 
 
-def _settings() -> Settings:
-    return Settings(anonymized_telemetry=False)
-
-
-class _Embedded:
-    """One process-wide PersistentClient per path, with the cross-process lock it holds."""
-
-    handles: dict[str, _Embedded] = {}  # noqa: RUF012 - process-wide registry
-    guard = threading.Lock()
-
-    def __init__(self, path: str) -> None:
-        self.path, self.refs = path, 0
-        self.lock_file = open(os.path.join(path, "ingest.lock"), "a+")  # noqa: SIM115
-        try:
-            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.lock_file.seek(0)
-            holder = self.lock_file.read().strip() or "unknown"
-            self.lock_file.close()
-            raise StoreLockedError(
-                f"The document store at {path} is in use by another process (pid {holder}); "
-                "close that app or CLI, or use a different store path."
-            ) from None
-        self.lock_file.truncate(0)
-        self.lock_file.write(str(os.getpid()))
-        self.lock_file.flush()
-        self.client = chromadb.PersistentClient(path=path, settings=_settings())
-
-    @classmethod
-    def acquire(cls, path: Path) -> _Embedded:
-        path.mkdir(parents=True, exist_ok=True)
-        real = os.path.realpath(path)
-        with cls.guard:
-            handle = cls.handles.get(real) or cls(real)
-            cls.handles[real] = handle
-            handle.refs += 1
-            return handle
-
-    def release(self) -> None:
-        with self.guard:
-            self.refs -= 1
-            if self.refs > 0:
-                return
-            self.handles.pop(self.path, None)
-            self.client.close()
-            fcntl.flock(self.lock_file, fcntl.LOCK_UN)
-            self.lock_file.close()
-
-
 class Store:
     """A per-owner collection of chunks in Chroma, embedded or on a server."""
 
@@ -158,14 +107,14 @@ class Store:
         self.write_batch = write_batch
         host = host or os.environ.get("CHROMA_HOST") or None
         port = port or int(os.environ.get("CHROMA_PORT") or 0) or None
-        self._embedded: _Embedded | None = None
+        self._embedded: EmbeddedClient | None = None
         self._embedder, self._embedder_lock = embedder, threading.Lock()
         if host or port:
             self.location = f"{host or 'localhost'}:{port or 8000}"
             default_keyword = DEFAULT_PATH.parent / "keyword" / self.location.replace(":", "-")
             try:
                 self.client = chromadb.HttpClient(
-                    host=host or "localhost", port=port or 8000, settings=_settings()
+                    host=host or "localhost", port=port or 8000, settings=chroma_settings()
                 )
                 self.client.heartbeat()
             except Exception as exc:
@@ -174,7 +123,7 @@ class Store:
                     "`chroma run --path DIR --port PORT`, or unset CHROMA_HOST/CHROMA_PORT."
                 ) from exc
         else:
-            self._embedded = _Embedded.acquire(Path(path or DEFAULT_PATH))
+            self._embedded = EmbeddedClient.acquire(Path(path or DEFAULT_PATH))
             self.location = self._embedded.path
             self.client = self._embedded.client
             default_keyword = Path(self.location) / "keyword"
