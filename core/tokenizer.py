@@ -26,7 +26,9 @@ import tokenizers
 from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
+
+from core import gguf_vocab
 
 if TYPE_CHECKING:
     import gguf
@@ -47,22 +49,6 @@ CHATML_TEMPLATE = (
 
 # End-of-turn markers that also stop generation when the vocabulary has them as special tokens.
 CHAT_END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
-
-# GGUF `tokenizer.ggml.pre` -> how text is split before BPE. The model's merges were learned on
-# those pieces, so the wrong split gives valid but different (worse) ids.
-_GPT2_PRE = ("default", "gpt2", "gpt-2", "phi-2", "olmo", "mpt")
-_DIGITS_PRE = ("smollm", "starcoder", "refact")  # each digit its own piece, then GPT-2 regex
-_SPLIT = (  # Llama 3's regex; Qwen2's differs only in taking digits one at a time
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|DIGITS"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_LLAMA3_SPLIT, _QWEN2_SPLIT = (
-    _SPLIT.replace("DIGITS", r"\p{N}{1,3}"),
-    _SPLIT.replace("DIGITS", r"\p{N}"),
-)
-_SPLIT_PRE = {"llama3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
-_GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4  # llama.cpp token types
-_BYTE_SPELLER = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)  # no split
 
 
 class TokenizerError(ValueError):
@@ -148,16 +134,10 @@ class Tokenizer:
         tokens, merges = meta("ggml.tokens"), meta("ggml.merges")
         if not tokens or not merges:
             raise TokenizerError("this GGUF has no tokenizer.ggml.tokens/merges; re-export it.")
-        tokens = _respell_bytes(tokens)
-        backend = tokenizers.Tokenizer(
-            models.BPE(
-                {t: i for i, t in enumerate(tokens)}, [tuple(m.split(" ", 1)) for m in merges]
-            )
-        )
-        backend.pre_tokenizer = _gguf_pre_tokenizer(meta("ggml.pre"))
-        backend.decoder = decoders.ByteLevel()
-        _add_gguf_tokens(backend, tokens, meta("ggml.token_type") or [])
-        bos, eos = (_token_at(tokens, meta(f"ggml.{k}_token_id")) for k in ("bos", "eos"))
+        try:
+            backend, bos, eos = gguf_vocab.backend(meta, tokens, merges)
+        except ValueError as err:  # an unknown pre-tokenizer
+            raise TokenizerError(str(err)) from None
         _set_bos_eos(backend, bos, eos, meta("ggml.add_bos_token"), meta("ggml.add_eos_token"))
         return cls(backend, bos_token=bos, eos_token=eos, chat_template=meta("chat_template"))
 
@@ -293,51 +273,12 @@ def _byte_level(model: models.Model) -> tokenizers.Tokenizer:
     return backend
 
 
-def _gguf_pre_tokenizer(name: str | None) -> pre_tokenizers.PreTokenizer:
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if name is None or name in _GPT2_PRE:
-        return byte_level
-    if name in _DIGITS_PRE:  # the same chain as SmolLM2's own tokenizer.json
-        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    if name in _SPLIT_PRE:
-        split = pre_tokenizers.Split(Regex(_SPLIT_PRE[name]), behavior="isolated")
-        return pre_tokenizers.Sequence(
-            [split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-        )
-    known = sorted({*_GPT2_PRE, *_DIGITS_PRE, *_SPLIT_PRE})
-    raise TokenizerError(
-        f"unknown GGUF pre-tokenizer {name!r} (tokenizer.ggml.pre); supported: {', '.join(known)}."
-    )
-
-
-def _respell_bytes(tokens: list[str]) -> list[str]:
-    """Some exporters store a token as raw text; BPE needs it in the byte alphabet (as merges)."""
-    alphabet, spell = set(pre_tokenizers.ByteLevel.alphabet()), _BYTE_SPELLER.pre_tokenize_str
-    return [t if set(t) <= alphabet else spell(t)[0][0] for t in tokens]
-
-
-def _add_gguf_tokens(backend: tokenizers.Tokenizer, tokens: list[str], types: list[int]) -> None:
-    """CONTROL tokens become special, USER_DEFINED plain added ones; both stay whole in text."""
-    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
-    # A control token spelled outside the byte alphabet is a llama.cpp mislabel: transformers
-    # skips it.
-    typed = list(zip(tokens, types, strict=False))
-    control = [t for t, k in typed if k == _GGUF_CONTROL and set(t) <= alphabet]
-    user = [t for t, k in typed if k == _GGUF_USER_DEFINED]
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
-
-
 def _set_bos_eos(backend: tokenizers.Tokenizer, bos: Any, eos: Any, add_bos: Any, add_eos: Any):
     """Wrap encodings in BOS/EOS as the flags say, like transformers' `update_post_processor`."""
     bos, eos = (bos if add_bos else None), (eos if add_eos else None)
     single = " ".join([*([f"{bos}:0"] if bos else []), "$A:0", *([f"{eos}:0"] if eos else [])])
     special = [(t, backend.token_to_id(t)) for t in (bos, eos) if t]
     backend.post_processor = processors.TemplateProcessing(single=single, special_tokens=special)
-
-
-def _token_at(tokens: list[str], index: int | None) -> str | None:
-    return tokens[index] if index is not None and 0 <= index < len(tokens) else None
 
 
 def _token_text(value: Any) -> str | None:
