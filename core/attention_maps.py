@@ -81,17 +81,18 @@ def _each_layer(
         raise AttentionWindowError(
             f"{len(ids)} tokens exceed the model's context of {model.config.block_size}."
         )
-    handles = [
-        block.attn.qkv.register_forward_hook(
-            lambda _m, _inp, qkv, layer=i: keep(layer, layer_weights(model, qkv, rows)[0])
-        )
-        for i, block in enumerate(model.blocks)
-    ]
-    try:
-        model(torch.tensor([list(ids)], device=model.wte.weight.device), last_only=True)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with model.turns:  # the hooks see only this pass, not another reply's step meanwhile
+        handles = [
+            block.attn.qkv.register_forward_hook(
+                lambda _m, _inp, qkv, layer=i: keep(layer, layer_weights(model, qkv, rows)[0])
+            )
+            for i, block in enumerate(model.blocks)
+        ]
+        try:
+            model(torch.tensor([list(ids)], device=model.wte.weight.device), last_only=True)
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def attention_maps(

@@ -19,6 +19,7 @@ from core.layers import (
     rope_tables,
     sinusoidal_table,
 )
+from core.turns import Turns
 
 
 class NoInit(TorchFunctionMode):
@@ -47,6 +48,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.attn_impl = attn_impl
+        self.turns = Turns()  # threads sharing this model run their forward passes in turn
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         # False while the first blocks are frozen: the input lookup then passes no gradient back,
         # so backward stops at the first trainable block (a tied head still trains, output side)
@@ -124,6 +126,16 @@ class Decoder(nn.Module):
         """idx (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with `last_only`, or (N, vocab)
         at the N positions where the boolean (B, T) `select` is true (fine-tuning scores only
         the response tokens: the vocabulary projection skips the rest)."""
+        with self.turns:
+            return self._forward(idx, cache, last_only, select)
+
+    def _forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None,
+        last_only: bool,
+        select: torch.Tensor | None,
+    ) -> torch.Tensor:
         _B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:

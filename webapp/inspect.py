@@ -35,6 +35,9 @@ from webapp.inspect_views import (
 
 PRIVATE = {"api_visibility": "private"}
 MODEL = {"concurrency_id": "model"}  # shares the model's slots with the chat, one slot per event
+# The lab's long runs have a slot of their own: its forward passes take turns with the chats'
+# (`Decoder.turns`), so a chat meanwhile streams at about half speed instead of queueing.
+LAB = {"concurrency_id": "lab", "concurrency_limit": 1}
 # clicking a token sends its position (`data-i`) with the HTML component's click event
 CLICK_JS = (
     "element.addEventListener('click', (e) => { const t = e.target.closest('[data-i]'); "
@@ -171,7 +174,7 @@ class InspectUI:
         return heatmap_svg(w, shown, shown, title), context_html(labels[:n_prompt], row[:n_prompt])
 
     def run_lab(self, data: dict[Any, Any]):
-        """Stream every strategy's column at once (one model slot, round robin)."""
+        """Stream every strategy's column at once (round robin, in the lab's own slot)."""
         field = {name: data.get(c) for name, c in self.lab_inputs.items()}
         prompt = str(field["prompt"] or "").strip()
         if not prompt:
@@ -240,7 +243,9 @@ def build_inspect_tab(h: Handlers, form: dict[str, Any]) -> None:
             with gr.Row():
                 preset = gr.Button("The notes' examples", elem_id="lab-preset")
                 seed = gr.Number(0, precision=0, label="Seed (sampling)", elem_id="lab-seed")
-                max_new = gr.Slider(1, cap, min(48, cap), step=1, label="Max new tokens")
+                max_new = gr.Slider(
+                    1, cap, min(48, cap), step=1, label="Max new tokens", elem_id="lab-max-new"
+                )
                 run = gr.Button("Run side by side", variant="primary", elem_id="lab-run")
             columns = gr.HTML(elem_id="lab-columns")
 
@@ -269,4 +274,4 @@ def build_inspect_tab(h: Handlers, form: dict[str, Any]) -> None:
         **MODEL,
     )
     preset.click(lambda: NOTES_PRESET, None, names, queue=False, **PRIVATE)
-    run.click(ui.run_lab, inputs, columns, **PRIVATE, **MODEL)
+    run.click(ui.run_lab, inputs, columns, **PRIVATE, **LAB)

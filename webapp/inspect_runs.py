@@ -148,7 +148,7 @@ def lab(
     budget_s: float | None = None,
 ) -> Iterator[list[Column]]:
     """Decode one prompt with several strategies, one step of each in turn (round robin), so every
-    column streams at once inside one model slot; yields the columns after each round."""
+    column streams at once from one thread; yields the columns after each round."""
     if not names:
         raise ChatInputError("Pick at least one decoding strategy for the lab.")
     if len(names) > MAX_COLUMNS:

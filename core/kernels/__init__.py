@@ -133,10 +133,11 @@ class FastDecoder(Decoder):
         last_only: bool = False,
         select: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = fused.step(self, idx, cache) if select is None else None  # one C call: all blocks
-        if x is None:
-            return super().forward(idx, cache, last_only, select)
-        return self.output(self.ln_f(x))  # (B, 1, vocab)
+        with self.turns:
+            x = fused.step(self, idx, cache) if select is None else None  # one C call: all blocks
+            if x is None:
+                return self._forward(idx, cache, last_only, select)
+            return self.output(self.ln_f(x))  # (B, 1, vocab)
 
     def activation_dtype(self) -> torch.dtype:
         p = self.wte.weight
@@ -207,10 +208,21 @@ def set_layout(model: nn.Module, new: str) -> nn.Module:
 
 @contextmanager
 def batched(model: nn.Module) -> Iterator[None]:
-    """Several rows per step (beam search) read row-major matrices fastest: switch meanwhile."""
-    before = layout(model)
-    set_layout(model, "row")
+    """Several rows per step (beam search) read row-major matrices fastest: switch meanwhile.
+
+    Replies sharing the model nest: the first to enter switches, the last to leave switches back,
+    each between forward passes (under the model's turns); the others' steps meanwhile read the
+    row layout (same values, a little slower)."""
+    state = model.__dict__
+    with model.turns:
+        if not state.get("_batched"):
+            state["_batched_before"] = layout(model)
+            set_layout(model, "row")
+        state["_batched"] = state.get("_batched", 0) + 1
     try:
         yield
     finally:
-        set_layout(model, before)
+        with model.turns:
+            state["_batched"] -= 1
+            if not state["_batched"]:
+                set_layout(model, state.pop("_batched_before"))

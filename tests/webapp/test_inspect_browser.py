@@ -1,6 +1,6 @@
 """The "Inside the model" tab in Chromium: token view, click a token, branch, attention maps,
-beam tree, and the decoding lab's three columns while another user chats. Screenshots go to
-test-artifacts/."""
+beam tree, and the decoding lab's three columns while another user's chat is answered.
+Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.webapp.conftest import ARTIFACTS
+from tests.webapp.conftest import ARTIFACTS, start_app, stop_app
 from tests.webapp.test_browser import TIMEOUT_MS, Session
 
 pytestmark = pytest.mark.slow
@@ -80,17 +80,28 @@ def test_token_view_branch_attention_and_beam_tree(browser, app):
     s.close()
 
 
-def test_the_lab_runs_three_columns_while_another_user_chats(browser, app):
-    s = opened(browser, app)
+@pytest.fixture
+def long_replies_app(tmp_path):
+    """An app whose replies may run to 400 tokens: a lab run long enough to chat beside."""
+    running = start_app(tmp_path, SCRATCHGPT_MAX_NEW_TOKENS="400")
+    yield running
+    stop_app(running)
+
+
+def test_the_lab_runs_three_columns_while_another_user_chats(browser, long_replies_app):
+    app = long_replies_app
+    s, other = opened(browser, app), opened(browser, app)
     s.tab("Inside the model")
     s.tab("Decoding lab")
-    s.page.locator("#lab-prompt textarea").fill("Tell me about the sea.")
+    s.page.locator("#lab-prompt textarea").fill("Write a long story about the sea, in ten parts.")
+    s.set_number("lab-max-new", 400)
     s.page.locator("#lab-run").click()
     s.page.wait_for_selector("#lab-columns .lab-column")
     assert s.page.locator("#lab-columns .lab-column").count() == 3  # all three are streaming
-    other = opened(browser, app)  # meanwhile another user asks: answered, not starved
-    answer, _ = other.ask("Say hello.")
+    answer, _ = other.ask("Say hello.")  # meanwhile another user: answered while the lab runs
     assert answer.strip()
+    stats = s.page.locator("#lab-columns .lab-stats").all_inner_texts()
+    assert not all("done" in x for x in stats), stats  # the chat did not queue behind the lab
     deadline = time.time() + TIMEOUT_MS / 1000
     while time.time() < deadline:
         stats = s.page.locator("#lab-columns .lab-stats").all_inner_texts()
