@@ -55,10 +55,11 @@ def make_norm(config: ModelConfig) -> nn.Module:
 # --- positions -----------------------------------------------------------------------------
 def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
     """PE[k, 2i] = sin(k / 10000^(2i/d)), PE[k, 2i+1] = cos(k / 10000^(2i/d)); (n_pos, dim)."""
-    k = torch.arange(n_pos, dtype=torch.float64)[:, None]  # (n_pos, 1)
-    two_i = torch.arange(0, dim, 2, dtype=torch.float64)[None, :]  # (1, dim/2)
+    # on the CPU even inside a meta-device build, as `rope_tables`
+    k = torch.arange(n_pos, dtype=torch.float64, device="cpu")[:, None]  # (n_pos, 1)
+    two_i = torch.arange(0, dim, 2, dtype=torch.float64, device="cpu")[None, :]  # (1, dim/2)
     angle = k / torch.pow(10000.0, two_i / dim)  # (n_pos, dim/2)
-    table = torch.empty(n_pos, dim, dtype=torch.float64)
+    table = torch.empty(n_pos, dim, dtype=torch.float64, device="cpu")
     table[:, 0::2] = torch.sin(angle)
     table[:, 1::2] = torch.cos(angle)
     return table.float()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -252,3 +253,34 @@ def embedder_name() -> str:
 def default_embedder() -> Any:
     """A new embedder of the configured kind (`embedder_name`)."""
     return EMBEDDERS[embedder_name()]()
+
+
+class LazyEmbedder:
+    """An embedder loaded on first use (the app listens without waiting ~4 s for
+    sentence-transformers' imports; a chat without documents never needs it); `warm()` loads it
+    in the background meanwhile. The setting is checked at once, so a bad value fails at start."""
+
+    def __init__(self, make: Callable[[], Any] | None = None) -> None:
+        if make is None:
+            make = EMBEDDERS[embedder_name()]
+        self._make, self._lock, self._loaded = make, threading.Lock(), None
+
+    def load(self) -> Any:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._make()
+            return self._loaded
+
+    def warm(self) -> None:
+        """Start loading in a background thread (no-op once loaded)."""
+        if self._loaded is None:
+            threading.Thread(target=self._warm, name="embedder-warm-up", daemon=True).start()
+
+    def _warm(self) -> None:
+        with contextlib.suppress(Exception):  # first use loads again and reports the error there
+            self.load()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # never load for private lookups (copying, pickling)
+            raise AttributeError(name)
+        return getattr(self.load(), name)

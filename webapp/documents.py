@@ -34,7 +34,7 @@ from ingest import (
     load_tokenizer,
     retrieve,
 )
-from ingest.embeddings import default_embedder
+from ingest.embeddings import LazyEmbedder
 from ingest.retrieve import CANDIDATES
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
@@ -101,12 +101,19 @@ class Library:
     ) -> None:
         self.path, self.ttl_s, self.limits, self.clock = path, ttl_s, limits or FileLimits(), clock
         self.uploads = uploads or UploadLimits()
-        self.embedder = embedder or default_embedder()
+        self.embedder = embedder or LazyEmbedder()  # loaded on first use, or `warm()`
         self._sessions: dict[str, _Session] = {}
         self._stores: dict[str, Store] = {}
         self._lock = threading.RLock()
         self.shared_name = shared
         self.shared = self._open(shared) if shared else None
+
+    def warm(self) -> None:
+        """Load the embedder in the background if it is not loaded yet (a page opened: an
+        upload or a document question may follow)."""
+        warm = getattr(self.embedder, "warm", None)
+        if warm is not None:
+            warm()
 
     # -- sessions --------------------------------------------------------------------------------
 

@@ -332,6 +332,7 @@ class Handlers:
         models = gr.update(choices=self.service.models.choices())
         if self.service.library is None:
             return key, [], gr.update(choices=[]), models
+        self.service.library.warm()
         return key, *self.documents(self.session(key)), models
 
 

@@ -123,9 +123,9 @@ def parameters(config: ModelConfig) -> int:
     """The parameter count of a model of this shape, without allocating its weights."""
     import torch
 
-    from core.model import Decoder
+    from core.model import Decoder, NoInit
 
-    with torch.device("meta"):
+    with torch.device("meta"), NoInit():  # no init on meta: it would import torch._dynamo (~1 s)
         return Decoder(config).num_parameters()
 
 

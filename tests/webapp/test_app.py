@@ -141,3 +141,41 @@ def test_upload_caps_refuse_the_files_over_them_with_reasons_and_take_the_rest(a
     )
     assert status.startswith("❌ f.txt:") and "already holds 3 documents" in status
     assert len(table["data"]) == 3
+
+
+STARTUP = """
+import sys
+import gradio as gr
+
+def launch(self, *args, **kwargs):  # built and about to listen: what has been imported so far
+    print("torch._dynamo" in sys.modules, "sentence_transformers" in sys.modules)
+
+gr.Blocks.launch = launch
+import app
+app.main()
+"""
+
+
+def test_the_app_listens_without_loading_what_a_first_chat_does_not_need(tmp_path):
+    """torch._dynamo (~1 s) and sentence-transformers (~3 s) stay out of start-up: the embedder
+    loads when a page opens or a document arrives (`bench/first_answer.py` times it)."""
+    import subprocess
+    import sys
+
+    from tests.webapp.conftest import ROOT
+
+    env = {
+        **os.environ,
+        "SCRATCHGPT_DATA": str(tmp_path / "chroma"),
+        "SCRATCHGPT_MODELS_DIR": str(tmp_path / "models"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", STARTUP],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False False"

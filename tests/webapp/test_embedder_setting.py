@@ -1,6 +1,7 @@
 """`SCRATCHGPT_EMBEDDER=ours`: the app's documents are embedded by our own encoder (core.sentence,
 the packaged MiniLM weights) end to end through the real Library; an unknown value stops the app
-with one line naming the choices."""
+with one line naming the choices. The embedder loads on first use or when a page opens, not
+before the app listens."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def ours(monkeypatch):
 def test_documents_are_embedded_and_found_with_our_encoder(tmp_path, ours):
     library = Library(path=tmp_path / "chroma")
     try:
-        assert isinstance(library.embedder, SentenceEncoder)
+        assert isinstance(library.embedder.load(), SentenceEncoder)
         key = "a-session"
         [result] = library.add_files(key, [("notes.txt", TEXT)])
         assert result.ok, result.message
@@ -52,3 +53,32 @@ def test_an_unknown_embedder_stops_the_app_with_one_line(tmp_path):
     assert done.stderr.strip() == (
         "app.py: SCRATCHGPT_EMBEDDER='bogus': must be one of library, ours."
     )
+
+
+LAZY = """
+import sys, time
+from webapp.documents import Library
+library = Library(path=sys.argv[1])
+assert "sentence_transformers" not in sys.modules, "the embedder loaded before it was needed"
+library.warm()
+deadline = time.time() + 120
+while "sentence_transformers" not in sys.modules or library.embedder._loaded is None:
+    assert time.time() < deadline, "warm() never loaded the embedder"
+    time.sleep(0.05)
+[result] = library.add_files("k", [("notes.txt", sys.argv[2].encode())])
+assert result.ok, result.message
+[hit] = library.search("k", "When does the keeper trim the wick?", k=1)
+print(hit.text)
+"""
+
+
+def test_the_library_loads_its_embedder_on_first_use_or_when_warmed(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", LAZY, str(tmp_path / "chroma"), TEXT.decode()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "lighthouse keeper trims the wick" in done.stdout
