@@ -6,7 +6,10 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import chromadb
 from chromadb.config import Settings
@@ -41,6 +44,48 @@ class EmbeddedClient:
         self.lock_file.write(str(os.getpid()))
         self.lock_file.flush()
         self.client = chromadb.PersistentClient(path=path, settings=chroma_settings())
+        # Chunk counts per collection, kept between writes: this process holds the store's lock,
+        # so only its own writes change them (a Chroma count takes ~6 ms at 10k chunks, and
+        # every query needs one). A write in progress, or one since a count began, keeps none.
+        self._counts: dict[str, int] = {}
+        self._writes: dict[str, list[int]] = {}  # name -> [writes in progress, writes begun]
+        self._epoch = 0  # bumped by `forget`
+        self._count_lock = threading.Lock()
+
+    def count(self, collection: Any) -> int:
+        """The collection's chunk count, from memory when no write happened since the last."""
+        name = collection.name
+        with self._count_lock:
+            if name in self._counts:
+                return self._counts[name]
+            (busy, begun), epoch = self._writes.get(name, [0, 0]), self._epoch
+        n = int(collection.count())
+        with self._count_lock:
+            unchanged = self._writes.get(name, [0, 0]) == [0, begun] and self._epoch == epoch
+            if not busy and unchanged:
+                self._counts[name] = n
+        return n
+
+    def forget(self) -> None:
+        """Drop every kept count (after a write that may touch any collection: recovery)."""
+        with self._count_lock:
+            self._epoch += 1
+            self._counts.clear()
+
+    @contextmanager
+    def writing(self, name: str) -> Iterator[None]:
+        """Around every write to collection `name`: its count is asked again afterwards."""
+        with self._count_lock:
+            state = self._writes.setdefault(name, [0, 0])
+            state[0], state[1] = state[0] + 1, state[1] + 1
+            self._counts.pop(name, None)
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                state[0] -= 1
+                state[1] += 1
+                self._counts.pop(name, None)
 
     @classmethod
     def acquire(cls, path: Path) -> EmbeddedClient:

@@ -55,10 +55,15 @@ def tokenize(text: str) -> list[str]:
     return [_stem(w) for w in _TOKEN.findall(text.lower()) if w not in STOPWORDS]
 
 
+def word_bag(text: str) -> frozenset[str]:
+    """`frozenset(tokenize(text))`, stemming each distinct word once."""
+    return frozenset(map(_stem, set(_TOKEN.findall(text.lower())) - STOPWORDS))
+
+
 def coverage(query: str, texts: Sequence[str]) -> np.ndarray:
     """(N,) share of the query's words each text contains, each word weighted by its inverse
     document frequency among `texts` (so the rare, naming words count most)."""
-    return bag_coverage(query, [frozenset(tokenize(t)) for t in texts])
+    return bag_coverage(query, [word_bag(t) for t in texts])
 
 
 def bag_coverage(query: str, bags: Sequence[frozenset[str]]) -> np.ndarray:

@@ -22,12 +22,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ingest.keyword_index import bag_coverage, coverage, tokenize
+from ingest.keyword_index import bag_coverage, coverage, word_bag
 
 # A sentence ends at . ! ? followed by space and a capital, quote, bracket or digit; a blank line
 # or a line ending in ':' (manuals introduce examples that way) ends one too.
 _BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n\s*\n|(?<=:)\n")
-_WORD = re.compile(r"\w+")
+_THREE_WORDS = re.compile(r"\w+\W+\w+\W+\w")
 _LEADER = re.compile(r"(?:\. ?){4,}")  # a table of contents' or index's dot leaders
 MAX_SENTENCE_CHARS = 320
 COVERAGE_WEIGHT = 1.5  # tuned on the train split of bench/retrieval.py's real-PDF set
@@ -39,7 +39,7 @@ def sentences(text: str) -> list[str]:
     out = []
     for part in _BOUNDARY.split(text):
         sentence = " ".join(part.split())
-        if len(_WORD.findall(sentence)) < 3 or _LEADER.search(sentence):
+        if not _THREE_WORDS.search(sentence) or _LEADER.search(sentence):
             continue
         if len(sentence) > MAX_SENTENCE_CHARS:
             sentence = sentence[:MAX_SENTENCE_CHARS].rsplit(" ", 1)[0] + " …"
@@ -79,7 +79,7 @@ def _best_of(
 @lru_cache(maxsize=8192)  # the same passages come back query after query: tokenize them once
 def sentence_bags(text: str) -> tuple[frozenset[str], ...]:
     """The `tokenize`d word set of each of a passage's `sentences` (the whole text without any)."""
-    return tuple(frozenset(tokenize(s)) for s in sentences(text) or [" ".join(text.split())])
+    return tuple(map(word_bag, sentences(text) or [" ".join(text.split())]))
 
 
 class CoverageReranker:

@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,8 @@ class Store:
             }:
                 self.client.delete_collection(collection_name(owner))
             self.collection = self._open_collection()
-            self._journal.recover()
+            if self._journal.recover() and self._embedded is not None:
+                self._embedded.forget()  # it may have rolled back any collection's chunks
             self.keyword = KeywordIndex(
                 Path(keyword_path or default_keyword) / self.collection.name
             )
@@ -215,7 +217,8 @@ class Store:
             existing = self.find(document.doc_hash)
             if existing is None:
                 chunks = chunk_document(document, load_tokenizer(self.embedder.model_path))
-                self._write(document.doc_hash, chunks, progress)
+                with self._writing():
+                    self._write(document.doc_hash, chunks, progress)
         if existing is not None:
             return AddResult(
                 document.source,
@@ -327,13 +330,22 @@ class Store:
         removed = 0
         for doc in matches:
             removed += doc.n_chunks
-            self.collection.delete(where={"doc_hash": doc.doc_hash})
+            with self._writing():
+                self.collection.delete(where={"doc_hash": doc.doc_hash})
             self.keyword.remove(doc.doc_hash)  # a crash before this is repaired on open
         return removed
 
     def count(self) -> int:
-        """Number of chunks in the collection."""
-        return int(self.collection.count())
+        """Number of chunks in the collection (embedded: kept between this process's writes)."""
+        if self._embedded is None:  # on a server another replica may have written meanwhile
+            return int(self.collection.count())
+        return self._embedded.count(self.collection)
+
+    def _writing(self) -> AbstractContextManager[None]:
+        """Around each write to the collection, so a kept count is dropped."""
+        if self._embedded is None:
+            return nullcontext()
+        return self._embedded.writing(self.collection.name)
 
     # -- the keyword index -----------------------------------------------------------------------
 
@@ -400,7 +412,8 @@ class Store:
 
     def drop(self, *, recreate: bool = True) -> None:
         """Delete this owner's whole collection (to re-index, or for good when a session ends)."""
-        self.client.delete_collection(self.collection.name)
+        with self._writing():
+            self.client.delete_collection(self.collection.name)
         self.keyword.clear(recreate=recreate)
         if recreate:
             self.collection = self._open_collection()

@@ -194,3 +194,32 @@ def test_a_double_submitted_upload_is_added_once(make_store, report_pdf):
         results = list(pool.map(lambda n: store.add_file(report_pdf, name=n), ["a.pdf", "b.pdf"]))
     assert sorted(r.added for r in results) == [False, True]
     assert store.count() == max(r.n_chunks for r in results)
+
+
+def test_an_embedded_store_keeps_its_count_between_its_own_writes(tmp_path, embedder):
+    """A query needs the count; embedded (the process holds the lock) Chroma is asked once per
+    change, and every write (add, a failed add, delete, drop) makes the next count ask again."""
+    with Store("counted", path=tmp_path / "store", embedder=embedder) as store:
+        asked = []
+        real = store.collection.count
+        store.collection.count = lambda: asked.append(1) or real()
+        store.add_file(b"Tide tables for the bay.\fStorm warnings for May.", name="a.txt")
+        assert store.count() == store.count() == 2 and len(asked) == 1
+        store.add_file(b"Harbour dues are paid at the office.", name="b.txt")
+        assert store.count() == 3 and len(asked) == 2
+        with store._writing():  # a count taken during a write is not kept
+            assert store.count() == 3
+        assert store.count() == 3 and len(asked) == 4
+
+        def fail(done: int, total: int) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            store.add_file(b"Never kept. " * 40, name="c.txt", progress=fail)
+        assert store.count() == 3 and len(asked) == 5
+        store.delete("a.txt")
+        assert store.count() == 1 and len(asked) == 6
+        hits = retrieve(store, "Where are harbour dues paid?", k=3)
+        assert [h.source for h in hits] == ["b.txt"] and len(asked) == 6  # from memory
+        store.drop()
+        assert store.count() == 0
