@@ -125,6 +125,12 @@ def test_a_job_runs_niced_and_thread_capped_then_stops_and_resumes(runner, tmp_p
     assert b"OMP_NUM_THREADS=1" in environ
     niced = min(19, os.getpriority(os.PRIO_PROCESS, 0) + runner.limits.nice)
     assert runner.limits.nice == 19 and os.getpriority(os.PRIO_PROCESS, job.pid) == niced
+    # in its own session it has its own autogroup, which shares the CPU equally unless niced
+    # too; SCHED_IDLE leaves it what the server does not use (bench/train_contention.py)
+    assert os.sched_getscheduler(job.pid) == os.SCHED_IDLE
+    autogroup = Path(f"/proc/{job.pid}/autogroup")
+    if autogroup.exists():
+        assert autogroup.read_text().split()[-1] == "19"
     wait_for(lambda: (runner.current().checkpoint_step() or 0) >= 10)
     assert runner.stop(ALICE).status == "stopping"
     stopped = wait_for(lambda: (j := runner.current()).status == "stopped" and j)
