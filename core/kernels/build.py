@@ -30,9 +30,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "cpu.c", HERE / "quant.c", HERE / "step.c")
+SOURCES = (HERE / "cpu.c", HERE / "quant.c", HERE / "step.c", HERE / "pool.c")
 HEADERS = (HERE / "kernels.h",)
-FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+FLAGS = ("-O3", "-pthread", "-shared", "-fPIC")
 # instruction set -> (compiler flags, CPU flags it needs), best first
 _AVX2 = (("-mavx2", "-mfma", "-mf16c"), {"avx2", "fma", "f16c"})
 _AVX512 = (

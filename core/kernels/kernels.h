@@ -8,6 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Run fn(ctx, begin, end) over [0, n) split in up to `threads` contiguous parts, the calling
+ * thread taking the first; returns when all are done (pool.c). */
+typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
+void parallel_for(int64_t n, int threads, range_fn fn, void *ctx);
+
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_hadd_ps(s, s);

@@ -329,48 +329,70 @@ static int prepare_x(const float *x, int M, int K, Act *a, void **buf) {
     return 0;
 }
 
-/* y (M rows, stride ldy) = x (M, K) W^T + bias for W (N, K) in `type` blocks. Returns 0, or -1
- * when the run sums of x found no memory. */
-int linear_q(int type, const float *x, const uint8_t *W, const float *bias, float *y,
-             int M, int N, int K, int ldy, int threads) {
-    int64_t row_bytes = (int64_t)(K / block_size(type)) * block_bytes(type);
-    Act all;
-    void *buf;
-    if (prepare_x(x, M, K, &all, &buf)) return -1;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int n = 0; n < N; n++) {
-        const uint8_t *src = W + n * row_bytes;
-        float b = bias ? bias[n] : 0.0f, out[MAXM];
+typedef struct {
+    int type, M, K, ldy;
+    const uint8_t *W;
+    int64_t row_bytes;
+    const float *bias;
+    float *y;
+    const Act *all;
+    const int64_t *rows; /* dequant_rows: which rows (NULL: 0..n-1) */
+    float *out;          /* dequant_rows: (n, K) */
+} Rows;
+
+static void q_rows(void *ctx, int64_t begin, int64_t end) {
+    const Rows *r = ctx;
+    int M = r->M, K = r->K;
+    for (int64_t n = begin; n < end; n++) {
+        const uint8_t *src = r->W + n * r->row_bytes;
+        float b = r->bias ? r->bias[n] : 0.0f, out[MAXM];
         for (int m0 = 0; m0 < M; m0 += MAXM) {
             int rows = M - m0 < MAXM ? M - m0 : MAXM;
             int64_t at = (int64_t)m0 * K;
-            Act a = all;
+            Act a = *r->all;
             a.x += at, a.xs += at / 16, a.xd += at / 32;
             if (a.hi) a.hi += at, a.lo += at;
             if (a.q) a.q += at;
             switch (rows) { /* constant row counts: the accumulators stay in registers */
-            case 1: row_dot(type, src, &a, 1, out); break;
-            case 2: row_dot(type, src, &a, 2, out); break;
-            case 3: row_dot(type, src, &a, 3, out); break;
-            default: row_dot(type, src, &a, 4, out); break;
+            case 1: row_dot(r->type, src, &a, 1, out); break;
+            case 2: row_dot(r->type, src, &a, 2, out); break;
+            case 3: row_dot(r->type, src, &a, 3, out); break;
+            default: row_dot(r->type, src, &a, 4, out); break;
             }
-            for (int m = 0; m < rows; m++) y[(int64_t)(m0 + m) * ldy + n] = out[m] + b;
+            for (int m = 0; m < rows; m++) r->y[(int64_t)(m0 + m) * r->ldy + n] = out[m] + b;
         }
     }
+}
+
+/* y (M rows, stride ldy) = x (M, K) W^T + bias for W (N, K) in `type` blocks. Returns 0, or -1
+ * when the run sums of x found no memory. */
+int linear_q(int type, const float *x, const uint8_t *W, const float *bias, float *y,
+             int M, int N, int K, int ldy, int threads) {
+    Act all;
+    void *buf;
+    if (prepare_x(x, M, K, &all, &buf)) return -1;
+    Rows r = {type, M, K, ldy, W, (int64_t)(K / block_size(type)) * block_bytes(type), bias, y,
+              &all, NULL, NULL};
+    parallel_for(N, threads, q_rows, &r);
     free(buf);
     return 0;
+}
+
+static void dequant_part(void *ctx, int64_t begin, int64_t end) {
+    const Rows *r = ctx;
+    for (int64_t i = begin; i < end; i++) {
+        int64_t at = r->rows ? r->rows[i] : i;
+        Act a = {.K = r->K, .out = r->out + i * r->K};
+        row_dot(r->type, r->W + at * r->row_bytes, &a, 0, NULL);
+    }
 }
 
 /* Rows of W as fp32: out[i] = row rows[i] (or row i where rows is NULL), i < n. For prefill
  * (batched GEMM on the dequantized rows) and embedding lookups; the decoding is row_dot's. */
 int dequant_rows(int type, const uint8_t *W, const int64_t *rows, float *out, int n, int K,
                  int threads) {
-    int64_t row_bytes = (int64_t)(K / block_size(type)) * block_bytes(type);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int i = 0; i < n; i++) {
-        int64_t at = rows ? rows[i] : i;
-        Act a = {.K = K, .out = out + (int64_t)i * K};
-        row_dot(type, W + at * row_bytes, &a, 0, NULL);
-    }
+    Rows r = {type, 0, K, 0, W, (int64_t)(K / block_size(type)) * block_bytes(type), NULL, NULL,
+              NULL, rows, out};
+    parallel_for(n, threads, dequant_part, &r);
     return 0;
 }
