@@ -139,6 +139,7 @@ class Reply:
     finish_reason: str = ""  # once done: "eos", "length", "stop_string" or "cancelled"
     new_tokens: int = 0
     model: str = ""  # the name of the model that wrote it
+    path: str = ""  # how its weights are stored and multiplied (`LLM.path`)
 
 
 class ChatService:
@@ -377,6 +378,7 @@ class ChatService:
             tuple(prepared.notices),
             tuple(prepared.evidence),
             model=prepared.llm.name,
+            path=prepared.llm.path,
         )
         if not prepared.covered:
             yield replace(reply, text=not_covered(prepared.sources), done=True, finish_reason="eos")

@@ -350,6 +350,8 @@ def notices(reply: Reply, number: int) -> str:
     lines = [
         f"Answer {number} finished: {ended}, {reply.new_tokens} tokens from {plain(reply.model)}."
     ]
+    if reply.path:  # the path the server picked for this machine (issue 21: say which)
+        lines.append(f"⚙️ Ran as {plain(reply.path)}.")
     return "  \n".join(lines + [f"ℹ️ {plain(n)}" for n in reply.notices])
 
 

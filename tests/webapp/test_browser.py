@@ -313,5 +313,7 @@ def test_a_checkpoint_under_models_can_be_picked_and_answers(session):
     s.answers = 0
     s.pick_model("SmolLM2-135M-Instruct (default)")
     answer, _ = s.ask("What is the capital of France?")
-    assert "tokens from SmolLM2-135M-Instruct." in s.page.locator("#notice").inner_text()
+    notice = s.page.locator("#notice").inner_text()
+    assert "tokens from SmolLM2-135M-Instruct." in notice
+    assert "Ran as weights Q4_1" in notice  # the machine's path: the GGUF's blocks, which kernels
     assert "Paris" in answer

@@ -26,8 +26,9 @@ from webapp.chat import (
     ChatService,
     Reply,
 )
-from webapp.display import answer_markdown, conversation, sources_markdown
+from webapp.display import answer_markdown, conversation, plain, sources_markdown
 from webapp.documents import Library
+from webapp.handlers import notices
 from webapp.models import ModelChoiceError, ModelRegistry
 
 
@@ -68,16 +69,18 @@ def test_reply_streams_a_growing_answer_clamped_by_the_server(service):
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
     ]
-    states = [
-        r.text
-        for r in service.reply(
-            ChatRequest("What is the capital of France?", history, max_new_tokens=500)
-        )
-    ]
+    replies = list(
+        service.reply(ChatRequest("What is the capital of France?", history, max_new_tokens=500))
+    )
+    states = [r.text for r in replies]
     assert len(states) > 1
     assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(states))
     assert "Paris" in states[-1]
-    assert len(service.models.get("default").tokenizer.encode(states[-1])) <= 12  # cap 12, not 500
+    llm = service.models.get("default")
+    assert len(llm.tokenizer.encode(states[-1])) <= 12  # cap 12, not 500
+    # the notice under the answer says which weights and kernels this machine ran it on
+    assert llm.path and replies[-1].path == llm.path
+    assert f"Ran as {plain(llm.path)}." in notices(replies[-1], 1)  # as Markdown, escaped
 
 
 def test_each_template_builds_the_prompt_it_promises(service):
