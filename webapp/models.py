@@ -7,6 +7,7 @@ the grounded-QA fine-tune (`make rag-model`, or `SCRATCHGPT_RAG_MODEL`) when the
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -179,6 +180,16 @@ def hub_models(value: str | None) -> tuple[str, ...]:
     return ids
 
 
+def _version(source: str) -> tuple[int, int] | None:
+    """What changes when a checkpoint directory is saved again (`checkpoint.save` swaps in a new
+    directory); None for what is not a directory (a GGUF, a hub id)."""
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns) if Path(source).is_dir() else None
+
+
 class ModelRegistry:
     """The model choices, and an LRU of loaded models (`capacity` of them stay in memory)."""
 
@@ -201,6 +212,7 @@ class ModelRegistry:
         self.capacity = max(1, capacity)
         self._loader = loader
         self._loaded: OrderedDict[str, LLM] = OrderedDict()
+        self._versions: dict[str, tuple[int, int] | None] = {}  # source -> `_version` at load
         self._loading: dict[str, threading.Lock] = {}  # one per source being loaded
         self._lock = threading.Lock()  # guards the two dicts; never held while loading
 
@@ -251,6 +263,8 @@ class ModelRegistry:
         source = self.resolve(name)
         while True:
             with self._lock:
+                if source in self._loaded and self._versions.get(source) != _version(source):
+                    del self._loaded[source]  # saved again since (a training run's later step)
                 if source in self._loaded:
                     self._loaded.move_to_end(source)
                     return self._loaded[source]
@@ -258,6 +272,7 @@ class ModelRegistry:
             with loading:
                 if self._loading.get(source) is not loading:
                     continue  # loaded (or failed) meanwhile: look again
+                version = _version(source)  # before: a save during the load reloads next time
                 try:
                     llm = self._loader(source)
                 except (ModelLoadError, OSError, ValueError) as err:
@@ -267,6 +282,7 @@ class ModelRegistry:
                 with self._lock:
                     del self._loading[source]
                     self._loaded[source] = llm
+                    self._versions[source] = version
                     while len(self._loaded) > self.capacity:
                         self._loaded.popitem(last=False)
                     return llm

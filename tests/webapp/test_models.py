@@ -13,8 +13,10 @@ from threading import Event, Thread
 import pytest
 import torch
 
+from core import checkpoint
 from core.generate.engine import LLM
 from core.load import DEFAULT_MODEL_NAME
+from core.model import Decoder
 from core.tokenizer import Tokenizer
 from tests.webapp.conftest import ROOT, start_app, stop_app, tiny_checkpoint
 from webapp.chat import ChatRequest, ChatService
@@ -100,6 +102,24 @@ def test_our_checkpoint_dir_is_a_default(tmp_path):
     assert (llm.name, llm.config.n_embd, llm.config.n_layer) == ("my-run", 32, 1)
     reply = list(ChatService(registry).reply(ChatRequest("the lazy dog", max_new_tokens=3)))[-1]
     assert reply.model == "my-run"
+
+
+def test_a_checkpoint_saved_again_is_reloaded_not_served_stale(tmp_path):
+    """A training run saves its checkpoint again and again; a chat that loaded an early one gets
+    the latest on its next answer (the old one stays with any reply still using it)."""
+    folder = tiny_checkpoint(tmp_path / "models" / "run")
+    registry = ModelRegistry(tmp_path / "models")
+    early = registry.get(str(folder))
+    assert registry.get(str(folder)) is early  # unchanged: served from memory
+    later = early.model.state_dict()
+    later = {k: v + 1.0 if v.is_floating_point() else v for k, v in later.items()}
+    changed = Decoder(early.config)
+    changed.load_state_dict(later, strict=False)
+    checkpoint.save(changed, folder, early.tokenizer)  # as the trainer's next save does
+    fresh = registry.get(str(folder))
+    assert fresh is not early
+    assert torch.equal(fresh.model.wte.weight, changed.wte.weight)
+    assert not torch.equal(fresh.model.wte.weight, early.model.wte.weight)
 
 
 def test_a_gguf_path_is_a_default_loaded_from_that_file(smollm2_gguf, smollm2, tmp_path):
