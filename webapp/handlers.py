@@ -87,6 +87,9 @@ def discard(paths: list[Path]) -> None:
 PROGRESS = gr.Progress()  # Gradio injects a live tracker wherever this default appears
 
 
+MAX_UNCLAIMED_ANSWERS = 1024  # answers kept for the chat history to take (`take_answer`)
+
+
 class Handlers:
     """The event functions, bound to one `ChatService` and the server's session keys."""
 
@@ -156,7 +159,10 @@ class Handlers:
             raise gr.Error(str(err)) from err
         n = sum(turn.get("role") == "assistant" for turn in shown) + 1
         final = [*shown, {"role": "assistant", "content": answer_markdown(reply)}]
+        self.answers.pop(key, None)  # re-inserted last: the oldest unclaimed answers go first
         self.answers[key] = (chat, reply, final[-1]["content"], regenerated)
+        while len(self.answers) > MAX_UNCLAIMED_ANSWERS:  # a page gone before it recorded one
+            del self.answers[next(iter(self.answers))]
         yield "", final, notices(reply, n)
 
     def take_answer(self, key: Any) -> tuple[ChatRequest, Reply, str, bool] | None:

@@ -83,3 +83,20 @@ def test_bad_requests_say_what_to_do(tmp_path, handlers):
     with pytest.raises(gr.Error, match="Turn 1 is incomplete"):
         hh.import_json(key, str(bad))
     assert hh.refresh(key, None)["choices"] == []
+
+
+def test_unclaimed_answers_are_kept_only_up_to_a_cap(handlers, monkeypatch):
+    """A page closed before its answer was recorded leaves it unclaimed; the oldest such go
+    first, so the server's memory stays bounded, while a session's latest answer is kept."""
+    import webapp.handlers
+
+    monkeypatch.setattr(webapp.handlers, "MAX_UNCLAIMED_ANSWERS", 2)
+    handlers.answers.clear()
+    first, second, third = (handlers.keys.issue() for _ in range(3))
+    answer(handlers, first, "Name a fruit.", [])
+    answer(handlers, second, "Name a fruit.", [])
+    answer(handlers, first, "Name a tree.", [])  # first's latest: now the newest entry
+    answer(handlers, third, "Name a fruit.", [])
+    assert handlers.take_answer(second) is None  # the oldest unclaimed one went
+    assert handlers.take_answer(first)[0].message == "Name a tree."
+    assert handlers.take_answer(third) is not None
