@@ -5,7 +5,8 @@
 Prints greedy tok/s of the default model on the main thread (the baseline), in a worker thread
 after other threads have run parallel torch ops (as Gradio's worker threads have), and two
 replies at once in two threads (they take turns per step: `core/turns.py`), with ratios to the
-baseline. With the kernels on OpenMP, the worker thread ran at ~0.4x (bench/README.md).
+baseline; then the document embedder (torch's own ops) on the main thread and in a worker.
+With the kernels on OpenMP, the worker thread decoded at ~0.4x (bench/README.md).
 """
 
 from __future__ import annotations
@@ -61,6 +62,30 @@ def main() -> None:
     print(f"greedy, {args.new_tokens} new tokens, {torch.get_num_threads()} threads, {llm.path}")
     for name, value in best.items():
         print(f"{name:>20}: {value:6.1f} tok/s  {value / base:.2f}x")
+    embedding(args.repeats)
+
+
+def embedding(repeats: int) -> None:
+    """The document embedder (torch's own ops, on libgomp) on the main thread and in a worker."""
+    from ingest.embeddings import Embedder
+
+    embedder = Embedder()
+    passages = ["The keeper trims the wick at dusk and logs the wind every hour."] * 64
+
+    def ms() -> float:
+        embedder.encode(passages)
+        start = time.perf_counter()
+        embedder.encode(passages)
+        return (time.perf_counter() - start) * 1000
+
+    main, worker = 1e9, 1e9
+    for _ in range(repeats):
+        main = min(main, ms())
+        worker = min(worker, in_threads(1, ms)[0])
+    print(
+        f"embedding 64 passages ({embedder.precision}): main thread {main:.0f} ms, "
+        f"a worker thread {worker:.0f} ms ({main / worker:.2f}x the main thread's speed)"
+    )
 
 
 if __name__ == "__main__":
