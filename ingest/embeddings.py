@@ -258,12 +258,14 @@ def default_embedder() -> Any:
 class LazyEmbedder:
     """An embedder loaded on first use (the app listens without waiting ~4 s for
     sentence-transformers' imports; a chat without documents never needs it); `warm()` loads it
-    in the background meanwhile. The setting is checked at once, so a bad value fails at start."""
+    in the background meanwhile. Listing or deleting documents never loads it."""
 
-    def __init__(self, make: Callable[[], Any] | None = None) -> None:
-        if make is None:
-            make = EMBEDDERS[embedder_name()]
+    def __init__(self, make: Callable[[], Any] = default_embedder) -> None:
         self._make, self._lock, self._loaded = make, threading.Lock(), None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
 
     def load(self) -> Any:
         with self._lock:
@@ -273,7 +275,7 @@ class LazyEmbedder:
 
     def warm(self) -> None:
         """Start loading in a background thread (no-op once loaded)."""
-        if self._loaded is None:
+        if not self.loaded:
             threading.Thread(target=self._warm, name="embedder-warm-up", daemon=True).start()
 
     def _warm(self) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ingest.chunking import Chunk, chunk_document, load_tokenizer
 from ingest.embedded import EmbeddedClient, chroma_settings
-from ingest.embeddings import MODEL_NAME, Embedder, default_embedder, model_dimension
+from ingest.embeddings import MODEL_NAME, Embedder, LazyEmbedder, model_dimension
 from ingest.errors import (
     DocumentNotFoundError,
     EmbedderMismatchError,
@@ -109,7 +109,7 @@ class Store:
         host = host or os.environ.get("CHROMA_HOST") or None
         port = port or int(os.environ.get("CHROMA_PORT") or 0) or None
         self._embedded: EmbeddedClient | None = None
-        self._embedder, self._embedder_lock = embedder, threading.Lock()
+        self._embedder = embedder if embedder is not None else LazyEmbedder()
         if host or port:
             self.location = f"{host or 'localhost'}:{port or 8000}"
             default_keyword = DEFAULT_PATH.parent / "keyword" / self.location.replace(":", "-")
@@ -148,17 +148,14 @@ class Store:
 
     @property
     def embedder(self) -> Embedder:
-        """The embedder, loaded on first use (listing and deleting never need it)."""
-        with self._embedder_lock:
-            if self._embedder is None:
-                self._embedder = default_embedder()
-            return self._embedder
+        """The embedder (a `LazyEmbedder` by default: listing and deleting never load it)."""
+        return self._embedder
 
     def _stamp(self) -> dict[str, Any]:
         """The embedder's name and dimension, read from the model files if it is not loaded."""
-        if self._embedder is not None:
-            return {"embedder": self._embedder.name(), "dimension": self._embedder.dimension}
-        return {"embedder": MODEL_NAME, "dimension": model_dimension()}
+        if isinstance(self._embedder, LazyEmbedder) and not self._embedder.loaded:
+            return {"embedder": MODEL_NAME, "dimension": model_dimension()}
+        return {"embedder": self._embedder.name(), "dimension": self._embedder.dimension}
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from ingest import (
     load_tokenizer,
     retrieve,
 )
-from ingest.embeddings import LazyEmbedder
+from ingest.embeddings import LazyEmbedder, embedder_name
 from ingest.retrieve import CANDIDATES
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
@@ -101,6 +101,7 @@ class Library:
     ) -> None:
         self.path, self.ttl_s, self.limits, self.clock = path, ttl_s, limits or FileLimits(), clock
         self.uploads = uploads or UploadLimits()
+        embedder_name()  # a bad SCRATCHGPT_EMBEDDER fails here, at start, not at a first upload
         self.embedder = embedder or LazyEmbedder()  # loaded on first use, or `warm()`
         self._sessions: dict[str, _Session] = {}
         self._stores: dict[str, Store] = {}
