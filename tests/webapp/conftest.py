@@ -119,3 +119,46 @@ def browser():
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield chromium
         chromium.close()
+
+
+# -- the in-process chat service of test_chat*.py: real model, embedder and Chroma ----------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from ingest import Embedder
+
+    return Embedder(precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def registry(smollm2):
+    from webapp.models import ModelRegistry
+
+    return ModelRegistry("no-models-here", loader=lambda source: smollm2)
+
+
+@pytest.fixture
+def library(tmp_path, embedder):
+    from webapp.documents import Library
+
+    lib = Library(path=tmp_path / "chroma", embedder=embedder, clock=Clock())
+    yield lib
+    lib.close()
+
+
+@pytest.fixture
+def service(registry, library):
+    from webapp.chat import ChatLimits, ChatService
+
+    return ChatService(
+        registry, library, limits=ChatLimits(max_new_tokens=12, max_prompt_tokens=600)
+    )
