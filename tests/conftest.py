@@ -14,6 +14,13 @@ import pytest
 from core.load import smollm2_gguf_path
 
 
+@pytest.fixture
+def exact_prefill(monkeypatch):
+    """Prefill's GEMM in fp32 (where the CPU has native bf16 it is bf16 by default): for tests
+    that hold the model to the weights' exact logits."""
+    monkeypatch.setenv("SCRATCHGPT_PREFILL", "fp32")
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf():
     """The real SmolLM2-135M-Instruct GGUF; `make test` installs it, so its absence is a failure."""

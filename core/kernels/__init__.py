@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.kernels import build, fused, ops
+from core.kernels import build, fused, ops, quant
 from core.kernels.build import available, cpu_flags
 from core.kernels.quant import QuantEmbedding, QuantLinear
 from core.layers import CausalSelfAttention, KVCache, RMSNorm
@@ -78,6 +78,9 @@ def describe(model: nn.Module) -> str:
     total = sum(counts.values()) or 1
     parts = [f"{k} {v / total:.0%}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
     where = f"our C kernels ({build.isa})" if available() else f"torch (C kernels: {status()})"
+    packed = any(isinstance(m, QuantLinear) for m in model.modules())
+    if packed and quant.prefill_dtype() == torch.bfloat16:
+        where += ", prompts multiplied in bf16"
     return f"weights {' + '.join(parts)} of bytes, on {where}"
 
 

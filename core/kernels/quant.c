@@ -53,6 +53,25 @@ static inline void q4k_scale_min(int j, const uint8_t *s, int *sc, int *m) {
     }
 }
 
+static inline uint16_t bf16_round(float f) { /* round to nearest even (f is finite) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+/* n floats to bf16, rounded to nearest even, 8 at a time as bf16_round does. */
+static void to_bf16(const float *src, uint16_t *dst, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(src + i));
+        __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        u = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+        __m128i lo = _mm256_castsi256_si128(u), hi = _mm256_extracti128_si256(u, 1);
+        _mm_storeu_si128((__m128i *)(dst + i), _mm_packus_epi32(lo, hi));
+    }
+    for (; i < n; i++) dst[i] = bf16_round(src[i]);
+}
+
 /* --- the decoding step: dot products straight from the blocks ------------------------------
  * Every type is read 32 weights (a "run") at a time as 32 quant bytes u in a register, with a
  * scale and an offset per 16 (weight = s * u + c, c folding in Q4_0's and Q6_K's zero points
@@ -257,13 +276,6 @@ AI void row_dot(int type, const uint8_t *src, const Act *a, int M, float *y) {
     }
 }
 
-#ifdef __AVX512BF16__
-static inline uint16_t bf16_round(float f) { /* round to nearest even (x is finite) */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-}
-#endif
 
 #ifdef __AVX512VNNI__
 /* x's 32-runs as three int8 digits in base 254: dx = max |x| / 127 and
@@ -338,6 +350,7 @@ typedef struct {
     const Act *all;
     const int64_t *rows; /* dequant_rows: which rows (NULL: 0..n-1) */
     float *out;          /* dequant_rows: (n, K) */
+    uint16_t *out16;     /* dequant_rows_bf16: (n, K) */
 } Rows;
 
 static void q_rows(void *ctx, int64_t begin, int64_t end) {
@@ -372,7 +385,7 @@ int linear_q(int type, const float *x, const uint8_t *W, const float *bias, floa
     void *buf;
     if (prepare_x(x, M, K, &all, &buf)) return -1;
     Rows r = {type, M, K, ldy, W, (int64_t)(K / block_size(type)) * block_bytes(type), bias, y,
-              &all, NULL, NULL};
+              &all, NULL, NULL, NULL};
     parallel_for(N, threads, q_rows, &r);
     free(buf);
     return 0;
@@ -380,10 +393,12 @@ int linear_q(int type, const float *x, const uint8_t *W, const float *bias, floa
 
 static void dequant_part(void *ctx, int64_t begin, int64_t end) {
     const Rows *r = ctx;
+    float row[r->out16 ? r->K : 1]; /* bf16 out: the fp32 row first, in L1 */
     for (int64_t i = begin; i < end; i++) {
         int64_t at = r->rows ? r->rows[i] : i;
-        Act a = {.K = r->K, .out = r->out + i * r->K};
+        Act a = {.K = r->K, .out = r->out16 ? row : r->out + i * r->K};
         row_dot(r->type, r->W + at * r->row_bytes, &a, 0, NULL);
+        if (r->out16) to_bf16(row, r->out16 + i * r->K, r->K);
     }
 }
 
@@ -392,7 +407,16 @@ static void dequant_part(void *ctx, int64_t begin, int64_t end) {
 int dequant_rows(int type, const uint8_t *W, const int64_t *rows, float *out, int n, int K,
                  int threads) {
     Rows r = {type, 0, K, 0, W, (int64_t)(K / block_size(type)) * block_bytes(type), NULL, NULL,
-              NULL, rows, out};
+              NULL, rows, out, NULL};
+    parallel_for(n, threads, dequant_part, &r);
+    return 0;
+}
+
+/* dequant_rows rounded to bf16 (to nearest even): prefill's bf16 GEMM reads half the bytes. */
+int dequant_rows_bf16(int type, const uint8_t *W, const int64_t *rows, uint16_t *out, int n,
+                      int K, int threads) {
+    Rows r = {type, 0, K, 0, W, (int64_t)(K / block_size(type)) * block_bytes(type), NULL, NULL,
+              NULL, rows, NULL, out};
     parallel_for(n, threads, dequant_part, &r);
     return 0;
 }

@@ -2,17 +2,20 @@
 
 `QuantLinear` and `QuantEmbedding` stand in for `nn.Linear` and `nn.Embedding`. A decoding step
 (at most `ops.MAX_ROWS` rows) multiplies by the packed blocks directly; prefill dequantizes a
-slice of rows at a time (in C) and runs torch's fp32 GEMM on it, so no dense copy of the model is
-ever held. Without the C kernels the blocks are dequantized by gguf's reference code on every
+slice of rows at a time (in C) and runs torch's GEMM on it, so no dense copy of the model is ever
+held. That GEMM is bf16 where the CPU multiplies bf16 natively (`prefill_dtype`): 2-3x torch's
+fp32 there, at bf16's rounding of the prompt's activations (the decoding steps stay exact). Without the C kernels the blocks are dequantized by gguf's reference code on every
 call: slow, but the same numbers (the path tests force with SCRATCHGPT_KERNELS=0).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
-from core.kernels.build import library
+from core.kernels.build import cpu_flags, library
 from core.kernels.ops import MAX_ROWS
 from core.weights import Packed
 
@@ -20,23 +23,50 @@ TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14}  # ggml's n
 CHUNK = 1 << 22  # weights dequantized at once for prefill: 16 MiB of fp32, in the caches
 
 
-def dequantize_part(qtype: str, data: torch.Tensor, k: int, rows: torch.Tensor | None = None):
-    """fp32 rows of one packed part: all of them, or those at `rows` (int64 indices)."""
+PREFILL_CHOICES = ("auto", "bf16", "fp32")
+
+
+def prefill_dtype() -> torch.dtype:
+    """The precision of prefill's GEMM: SCRATCHGPT_PREFILL=bf16 / fp32, or (auto) bf16 where the
+    CPU has AVX512-BF16 or AMX-BF16 and fp32 elsewhere (emulated bf16 is slower than fp32)."""
+    wanted = os.environ.get("SCRATCHGPT_PREFILL", "auto").strip().lower() or "auto"
+    if wanted not in PREFILL_CHOICES:
+        raise ValueError(
+            f"SCRATCHGPT_PREFILL={wanted!r} is none of {', '.join(PREFILL_CHOICES)}; unset it "
+            "to let the CPU decide"
+        )
+    if wanted == "auto":
+        native = {"avx512_bf16", "amx_bf16"} & cpu_flags()
+        return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if wanted == "bf16" else torch.float32
+
+
+def dequantize_part(
+    qtype: str,
+    data: torch.Tensor,
+    k: int,
+    rows: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    threads: int = 0,
+):
+    """Rows of one packed part as fp32 (or rounded to bf16): all, or those at `rows` (int64);
+    on `threads` of our pool (0: torch's count)."""
     lib = library()
     if lib is None:
         picked = data if rows is None else data[rows]
-        return Packed.of(qtype, picked.numpy(), k).dequantize()
+        return Packed.of(qtype, picked.numpy(), k).dequantize().to(dtype)
     n = data.shape[0] if rows is None else rows.numel()
-    out = torch.empty(n, k)
+    out = torch.empty(n, k, dtype=dtype)
     idx = None if rows is None else rows.contiguous()
-    status = lib.dequant_rows(
+    unpack = lib.dequant_rows_bf16 if dtype == torch.bfloat16 else lib.dequant_rows
+    status = unpack(
         TYPE_IDS[qtype],
         data.data_ptr(),
         None if idx is None else idx.data_ptr(),
         out.data_ptr(),
         n,
         k,
-        torch.get_num_threads(),
+        threads or torch.get_num_threads(),
     )
     if status:
         raise MemoryError("core.kernels: no memory to unpack a row")
@@ -51,6 +81,7 @@ def linear(x: torch.Tensor, packed: Packed, bias: torch.Tensor | None = None) ->
     y = torch.empty(rows, N)
     lib = library()
     threads, col = torch.get_num_threads(), 0
+    xs = None  # x as prefill's GEMM takes it
     for qtype, data in packed.parts:
         n = data.shape[0]
         if lib is not None and rows <= MAX_ROWS:  # a decoding step: straight from the blocks
@@ -69,11 +100,15 @@ def linear(x: torch.Tensor, packed: Packed, bias: torch.Tensor | None = None) ->
             if status:
                 raise MemoryError("core.kernels: no memory to unpack a row")
         else:  # prefill: GEMM on dequantized slices of rows
+            if xs is None:  # the torch fallback's few rows stay fp32, as the kernel's do
+                xs = x2.to(prefill_dtype() if rows > MAX_ROWS else torch.float32)
             step = max(1, CHUNK // K)
             for start in range(0, n, step):
                 part = torch.arange(start, min(n, start + step))
-                w = dequantize_part(qtype, data, K, None if step >= n else part)
-                y[:, col + start : col + start + w.shape[0]] = x2 @ w.t()
+                # one thread: torch's OpenMP team spins between GEMMs and a second thread of
+                # ours would share a core with it (2-core VM: 1 thread 10-20% faster end to end)
+                w = dequantize_part(qtype, data, K, None if step >= n else part, xs.dtype, 1)
+                y[:, col + start : col + start + w.shape[0]] = xs @ w.t()
             if bias is not None:
                 y[:, col : col + n] += bias[col : col + n]
         col += n

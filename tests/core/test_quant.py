@@ -30,6 +30,7 @@ from core.load import load_model
 from core.model import Decoder
 from core.weights import PACKED_TYPES, Packed
 
+pytestmark = pytest.mark.usefixtures("exact_prefill")  # held to the weights unless asked
 TYPES = sorted(PACKED_TYPES)
 # byte offsets of each type's fp16 scale fields inside a block
 SCALES = {"Q4_0": [0], "Q4_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
@@ -83,6 +84,48 @@ def test_matvec_equals_dequantized_reference(variant, qtype, rows):
     scale = want.abs().max().item()
     tol = tolerance(variant, rows)
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("variant", variants())
+@pytest.mark.parametrize("qtype", TYPES)
+def test_bf16_prefill_is_within_bf16_rounding(variant, qtype, monkeypatch):
+    """Prefill in bf16: weights and activations rounded to bf16 (8 significant bits), so each
+    output within ~1% of the output scale; the decoding steps' few rows stay exact."""
+    monkeypatch.setenv("SCRATCHGPT_PREFILL", "bf16")
+    size = PACKED_TYPES[qtype][0]
+    n, k = (37, 3 * size) if size == 256 else (29, 5 * size)
+    packed = random_blocks(qtype, n, k, seed=5)
+    x = torch.randn(21, k, generator=torch.Generator().manual_seed(5))
+    with build.forced(variant), torch.inference_mode():
+        got = quant.linear(x, packed)
+        step = quant.linear(x[:3], packed)
+    want = F.linear(x.double(), reference(packed))
+    scale = want.abs().max().item()
+    assert 0 < (got.double() - want).abs().max().item() <= 1e-2 * scale
+    tol = tolerance(variant, 3)
+    torch.testing.assert_close(step.double(), want[:3], rtol=tol, atol=tol * scale)
+
+
+def test_prefill_precision_follows_the_cpu_and_the_setting(monkeypatch):
+    monkeypatch.delenv("SCRATCHGPT_PREFILL")
+    monkeypatch.setattr(quant, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert quant.prefill_dtype() == torch.bfloat16
+    monkeypatch.setattr(quant, "cpu_flags", lambda: {"avx2", "avx512f"})  # bf16 emulated: slower
+    assert quant.prefill_dtype() == torch.float32
+    monkeypatch.setenv("SCRATCHGPT_PREFILL", "BF16")
+    assert quant.prefill_dtype() == torch.bfloat16
+    monkeypatch.setenv("SCRATCHGPT_PREFILL", "half")
+    with pytest.raises(ValueError, match="SCRATCHGPT_PREFILL='half' is none of auto, bf16, fp32"):
+        quant.prefill_dtype()
+
+
+def test_the_model_status_says_how_prompts_are_multiplied(monkeypatch):
+    config = tiny_config()
+    model = packed_model(config, quantize_state(Decoder(config).state_dict(), "q4"), torch.float32)
+    monkeypatch.setenv("SCRATCHGPT_PREFILL", "bf16")
+    assert kernels.describe(model).endswith(", prompts multiplied in bf16")
+    monkeypatch.setenv("SCRATCHGPT_PREFILL", "fp32")
+    assert "bf16" not in kernels.describe(model)
 
 
 @pytest.mark.parametrize("variant", variants())

@@ -8,6 +8,7 @@ import torch
 from core.generate.decode import stream_tokens
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("exact_prefill")  # transformers' fp32 logits
 
 PROMPTS = [
     "The capital of France is",
