@@ -5,7 +5,8 @@
 Prints greedy tok/s of the default model on the main thread (the baseline), in a worker thread
 after other threads have run parallel torch ops (as Gradio's worker threads have), and two
 replies at once in two threads (they take turns per step: `core/turns.py`), with ratios to the
-baseline; then the document embedder (torch's own ops) on the main thread and in a worker.
+baseline; then the document embedder (torch's own ops) on the main thread and in a worker, and
+greedy in a worker thread started after the embedder ran.
 With the kernels on OpenMP, the worker thread decoded at ~0.4x (bench/README.md).
 """
 
@@ -63,6 +64,13 @@ def main() -> None:
     for name, value in best.items():
         print(f"{name:>20}: {value:6.1f} tok/s  {value / base:.2f}x")
     embedding(args.repeats)
+    # threads started after an embedding (Gradio starts workers as it needs them) must keep the
+    # process's torch thread count: the embedder's one-thread workers once set it for them all
+    after = max(in_threads(1, lambda: rate(llm, ids, args.new_tokens))[0] for _ in range(2))
+    print(
+        f"greedy in a worker thread started after the embedder ran: {after:.1f} tok/s "
+        f"({after / base:.2f}x the main thread)"
+    )
 
 
 def embedding(repeats: int) -> None:

@@ -16,10 +16,13 @@ are in bench/README.md):
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +48,29 @@ def cpu_has_fbgemm() -> bool:
     if platform.machine() not in ("x86_64", "AMD64"):
         return False
     return "fbgemm" in torch.backends.quantized.supported_engines and "avx2" in _cpu_flags()
+
+
+@functools.cache
+def torch_openmp(torch: Any) -> ctypes.CDLL | None:
+    """The OpenMP runtime torch's CPU ops run on (libgomp in the PyPI wheels), or None."""
+    lib_dir = Path(torch.__file__).parent / "lib"
+    for pattern in ("libgomp*.so*", "libiomp5*.so*", "libomp*.so*"):
+        for path in sorted(lib_dir.glob(pattern)):
+            with contextlib.suppress(OSError, AttributeError):
+                lib = ctypes.CDLL(str(path))  # already loaded by torch: the same copy
+                lib.omp_set_num_threads.argtypes = [ctypes.c_int]
+                return lib
+    return None
+
+
+def one_torch_thread(torch: Any) -> None:
+    """This thread's torch ops on one thread, and only this thread's: `torch.set_num_threads`
+    also sets the count every thread started later takes, so after one embedding each new
+    thread (Gradio's workers among them) computed, and decoded, on one thread."""
+    torch.get_num_threads()  # torch's lazy per-thread set-up first, else it undoes ours later
+    lib = torch_openmp(torch)
+    if lib is not None:
+        lib.omp_set_num_threads(1)  # OpenMP keeps this per thread
 
 
 def _cpu_flags() -> str:
@@ -167,6 +193,8 @@ class Embedder(EmbeddingFunction[Documents]):
         torch = self._torch
         order = np.argsort([-len(t) for t in texts], kind="stable")
         workers = 1 if self.device != "cpu" else self.workers or torch.get_num_threads()
+        if torch_openmp(torch) is None:  # no way to give a worker thread one torch thread alone
+            workers = 1
         # at most batch_size texts a batch, and a multiple of `workers` batches of equal size,
         # so that no worker is left with the one short batch at the end
         n_batches = -(-len(texts) // self.batch_size)
@@ -201,7 +229,7 @@ class Embedder(EmbeddingFunction[Documents]):
         return vectors.cpu().numpy()
 
     def _embed_one_thread(self, features: dict[str, Any]) -> np.ndarray:
-        self._torch.set_num_threads(1)  # this worker thread's own setting; the caller keeps its own
+        one_torch_thread(self._torch)
         return self._embed(features)
 
     def __call__(self, input: Documents) -> Embeddings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -33,6 +34,24 @@ def test_encode_equals_sentence_transformers_in_order(embedder):
         np.testing.assert_allclose(got, want, atol=2e-5)
     assert torch.get_num_threads() == threads  # worker threads never change the caller's
     assert embedder.encode([]).shape == (0, embedder.dimension)
+
+
+def test_embedding_leaves_later_threads_their_torch_threads(embedder):
+    """The embedding workers run torch on one thread each, and only they do: threads started
+    after (where the app decodes) keep the process's count, not one."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread here: nothing to tell apart")
+    seen: list[int] = []
+    ours = Embedder.__new__(Embedder)
+    ours.__dict__.update(embedder.__dict__, batch_size=2, workers=2)
+    embed = ours._embed
+    ours._embed = lambda features: seen.append(torch.get_num_threads()) or embed(features)
+    ours.encode(TEXTS)
+    later: list[int] = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert set(seen) == {1} and later == [torch.get_num_threads()]
 
 
 def _int8_required(backend: str) -> None:
