@@ -168,6 +168,12 @@ class Embedder(EmbeddingFunction[Documents]):
         # on its batch mates (module docstring); an explicit batch_size is honoured
         self.batch_size = batch_size or (1 if precision == "int8" else 32)
         self.precision = precision
+        if precision == "bf16":
+            # autocast rounds each Linear's weights to bf16 on every call; rounded once here,
+            # the vectors are the same and a short query embeds ~20% faster (bench/README.md)
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.to(torch.bfloat16)
         self._torch = torch
 
     @staticmethod

@@ -36,6 +36,20 @@ def test_encode_equals_sentence_transformers_in_order(embedder):
     assert embedder.encode([]).shape == (0, embedder.dimension)
 
 
+def test_bf16_rounds_the_weights_once_to_the_same_vectors():
+    """bf16 keeps its Linear weights in bf16 (autocast rounded them on every call): the same
+    vectors as autocast over the fp32 weights, bit for bit; LayerNorm and embeddings stay fp32."""
+    from sentence_transformers import SentenceTransformer
+
+    ours = Embedder(precision="bf16")
+    dtypes = {type(m).__name__: m.weight.dtype for m in ours.model.modules() if hasattr(m, "weight")}
+    assert dtypes["Linear"] == torch.bfloat16 and dtypes["LayerNorm"] == torch.float32
+    autocast = Embedder.__new__(Embedder)
+    fp32 = SentenceTransformer(ours.model_path, device="cpu", local_files_only=True).eval()
+    autocast.__dict__.update(ours.__dict__, model=fp32)
+    np.testing.assert_array_equal(ours.encode(TEXTS), autocast.encode(TEXTS))
+
+
 def test_embedding_leaves_later_threads_their_torch_threads(embedder):
     """The embedding workers run torch on one thread each, and only they do: threads started
     after (where the app decodes) keep the process's count, not one."""
