@@ -42,7 +42,8 @@ def test_bf16_rounds_the_weights_once_to_the_same_vectors():
     from sentence_transformers import SentenceTransformer
 
     ours = Embedder(precision="bf16")
-    dtypes = {type(m).__name__: m.weight.dtype for m in ours.model.modules() if hasattr(m, "weight")}
+    modules = [m for m in ours.model.modules() if hasattr(m, "weight")]
+    dtypes = {type(m).__name__: m.weight.dtype for m in modules}
     assert dtypes["Linear"] == torch.bfloat16 and dtypes["LayerNorm"] == torch.float32
     autocast = Embedder.__new__(Embedder)
     fp32 = SentenceTransformer(ours.model_path, device="cpu", local_files_only=True).eval()
