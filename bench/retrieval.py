@@ -11,8 +11,9 @@ keyword, hybrid, hybrid+rerank) on two sets, in one run:
 
 Then query latency p50/p95 of the default mode at --chunks chunks (the manuals' chunks, plus
 Shakespeare pages as filler up to that count), the query's embedding and the search timed apart,
-twice in one process: "cold" clears the reranker's per-passage cache before every query (each
-candidate tokenized anew), "session" keeps it across the queries as the app does. Beside the
+twice in one process: "cold" clears the reranker's per-passage cache before every query (as a
+fresh process: the candidates' sentence bags come from the keyword index, where they were kept
+when the chunks were indexed), "session" keeps it across the queries as the app does. Beside the
 wall-clock figures: the process's CPU time (all its threads) and the load average, since on a
 shared CPU the load moves the wall clock most; with --threads 1 the CPU time is about what a
 quiet core would take (with more threads it also counts torch's idle spinning).

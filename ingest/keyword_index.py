@@ -1,12 +1,13 @@
 """The keyword half of hybrid search: a BM25 index (`bm25s`) of one collection's chunks, kept in
 files beside the Chroma store, and the tokenizer it and the reranker share.
 
-Chroma is the source of truth. The index keeps one file per document (its chunk ids and tokens,
-written atomically), so adding or deleting a document touches one file; the BM25 matrix depends
-on every document (IDF, mean length), so it is rebuilt from the token files, lazily, before the
-first search after a change (~0.1 s per 10k chunks). `sync` compares the chunk ids with Chroma's
-and re-reads what differs: a missing or out-of-date index (a crash between the two writes, another
-replica's add on a shared server) is rebuilt from Chroma, never searched silently empty.
+Chroma is the source of truth. The index keeps one file per document (its chunk ids and tokens, and
+each chunk's sentence word sets for the coverage reranker, written atomically), so adding or
+deleting a document touches one file; the BM25 matrix depends on every document (IDF, mean length),
+so it is rebuilt from the token files, lazily, before the first search after a change (~0.1 s per
+10k chunks). `sync` compares the chunk ids with Chroma's and re-reads what differs: a missing or
+out-of-date index (a crash between the two writes, another replica's add on a shared server) is
+rebuilt from Chroma, never searched silently empty.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ STOPWORDS = frozenset(
     )
 )
 _SUFFIXES = ("ing", "ed", "es", "s")  # a light stemmer: 'labels' and 'label' match, 'filled' 'fill'
-FORMAT = 1  # bump when tokenization changes: indexes of another format are rebuilt from Chroma
+# bump when tokenization or sentence splitting changes: indexes of another format are rebuilt
+# from Chroma (2: each chunk's sentence bags kept, so a cold query tokenizes no candidate)
+FORMAT = 2
 K1, B = 1.2, 0.75  # BM25's usual constants; 0.9-1.5 and 0.4-0.9 changed nothing on train
 
 
@@ -90,15 +93,24 @@ class KeywordIndex:
     """BM25 over one collection's chunks, persisted under `directory` (one JSON file a document).
 
     `source_weight`: the file name's words are added to each chunk's words this many times (a
-    title field), so 'in gnuplot' favours gnuplot.pdf."""
+    title field), so 'in gnuplot' favours gnuplot.pdf. `bags`: a chunk's text -> the word sets of
+    its sentences (`ingest.rerank.sentence_bags`), computed once when the chunk is added and kept
+    in its file (`bags()` reads them back)."""
 
-    def __init__(self, directory: str | Path, source_weight: int = 1) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        source_weight: int = 1,
+        bags: Callable[[str], Sequence[frozenset[str]]] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.source_weight = source_weight
+        self._bagger = bags
         self._lock = threading.RLock()
         self._docs: dict[str, dict[str, Any]] = {}  # doc_hash -> {"ids": [...], "tokens": [...]}
         self._bm25: Any = None
         self._rows: list[str] = []  # chunk id of each BM25 row
+        self._where: dict[str, tuple[str, int]] | None = None  # chunk id -> (doc_hash, position)
         self._dirty = True
         self._load()
 
@@ -111,7 +123,7 @@ class KeywordIndex:
         for path in self.directory.glob("*.json"):
             try:
                 doc = json.loads(path.read_text())
-                if doc.get("format") != FORMAT:
+                if doc.get("format") != FORMAT or (self._bagger and "bags" not in doc):
                     raise ValueError("another format")
                 self._docs[path.stem] = doc
             except (OSError, ValueError):
@@ -124,17 +136,19 @@ class KeywordIndex:
         title = tokenize(Path(source).stem) * self.source_weight
         tokens = [" ".join(tokenize(text) + title) for text in texts]
         doc = {"format": FORMAT, "source": source, "ids": list(ids), "tokens": tokens}
+        if self._bagger is not None:  # each sentence's words, space-separated
+            doc["bags"] = [[" ".join(sorted(bag)) for bag in self._bagger(t)] for t in texts]
         with self._lock:
             _write_json(self._doc_path(doc_hash), doc)
             self._docs[doc_hash] = doc
-            self._dirty = True
+            self._dirty, self._where = True, None
 
     def remove(self, doc_hash: str) -> None:
         """Forget one document (a no-op when the index does not hold it)."""
         with self._lock:
             self._doc_path(doc_hash).unlink(missing_ok=True)
             if self._docs.pop(doc_hash, None) is not None:
-                self._dirty = True
+                self._dirty, self._where = True, None
 
     def clear(self, recreate: bool = True) -> None:
         """Forget everything (the collection was dropped); `recreate` keeps an empty index."""
@@ -143,7 +157,7 @@ class KeywordIndex:
             if recreate:
                 self.directory.mkdir(parents=True, exist_ok=True)
             self._docs.clear()
-            self._dirty = True
+            self._dirty, self._where = True, None
 
     # -- agreement with Chroma -------------------------------------------------------------------
 
@@ -173,6 +187,23 @@ class KeywordIndex:
             for doc_hash, (source, doc_ids, texts) in fetched.items():
                 self.add(doc_hash, source, doc_ids, texts)
             return len(stale) + len(fetched)
+
+    def bags(self, chunk_ids: Iterable[str]) -> dict[str, tuple[frozenset[str], ...]]:
+        """The kept sentence bags of those of `chunk_ids` the index holds with bags."""
+        with self._lock:
+            if self._where is None:
+                self._where = {
+                    cid: (h, i)
+                    for h, doc in self._docs.items()
+                    if "bags" in doc
+                    for i, cid in enumerate(doc["ids"])
+                }
+            out = {}
+            for cid in chunk_ids:
+                if (at := self._where.get(cid)) is not None:
+                    kept = self._docs[at[0]]["bags"][at[1]]
+                    out[cid] = tuple(frozenset(words.split()) for words in kept)
+            return out
 
     # -- search ----------------------------------------------------------------------------------
 

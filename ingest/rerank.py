@@ -91,8 +91,18 @@ class CoverageReranker:
     def __init__(self, weight: float = COVERAGE_WEIGHT) -> None:
         self.weight = weight
 
-    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
-        return _best_of([sentence_bags(t) for t in texts], lambda flat: bag_coverage(query, flat))
+    def score(
+        self,
+        query: str,
+        texts: Sequence[str],
+        bags: Sequence[Sequence[frozenset[str]] | None] | None = None,
+    ) -> np.ndarray:
+        """`bags`: each text's `sentence_bags` where already known (the keyword index keeps
+        them), else None; the rest are computed (and cached)."""
+        known = bags if bags is not None else [None] * len(texts)
+        pairs = zip(texts, known, strict=True)
+        parts = [b if b is not None else sentence_bags(t) for t, b in pairs]
+        return _best_of(parts, lambda flat: bag_coverage(query, flat))
 
 
 class EmbeddingReranker:

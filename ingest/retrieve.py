@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ingest.errors import QueryError
-from ingest.rerank import Reranker, get_reranker
+from ingest.rerank import CoverageReranker, Reranker, get_reranker
 from ingest.store import Store
 
 MODES = ("dense", "keyword", "hybrid", "hybrid+rerank")
@@ -229,7 +229,16 @@ def _rank(
         if isinstance(reranker, str):
             reranker = get_reranker(reranker, encode=lambda texts: stores[0].embedder.encode(texts))
         name = reranker.name
-        rerank = [float(s) for s in reranker.score(query, [c.text for c in found])]
+        texts = [c.text for c in found]
+        if isinstance(reranker, CoverageReranker):  # sentence bags kept since indexing
+            kept = [
+                store.keyword.bags(c.chunk_id for c in found if c.store == i)
+                for i, store in enumerate(stores)
+            ]
+            scores = reranker.score(query, texts, [kept[c.store].get(c.chunk_id) for c in found])
+        else:
+            scores = reranker.score(query, texts)
+        rerank = [float(s) for s in scores]
     out = []
     for cand, fuse, extra in zip(found, fused, rerank, strict=True):
         final = {

@@ -40,6 +40,7 @@ from ingest.errors import (
 from ingest.journal import Journal
 from ingest.keyword_index import KeywordIndex
 from ingest.loaders import Document, FileLimits, load_document
+from ingest.rerank import sentence_bags
 
 DEFAULT_PATH = Path("data/chroma")
 # Chroma's default ef_search (100) loses recall at 100k chunks (bench/ingest.py, bench/README.md)
@@ -139,7 +140,7 @@ class Store:
             if self._journal.recover() and self._embedded is not None:
                 self._embedded.forget()  # it may have rolled back any collection's chunks
             self.keyword = KeywordIndex(
-                Path(keyword_path or default_keyword) / self.collection.name
+                Path(keyword_path or default_keyword) / self.collection.name, bags=sentence_bags
             )
             self.sync_keyword()
         except Exception:

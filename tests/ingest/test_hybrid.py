@@ -19,7 +19,8 @@ from ingest import (
     retrieve,
     tokenize,
 )
-from ingest.rerank import reranker_names
+from ingest.keyword_index import FORMAT
+from ingest.rerank import CoverageReranker, reranker_names, sentence_bags
 
 QUERY = "How do I change the zorbulate depth of the renderer?"
 DOCS = {
@@ -146,6 +147,35 @@ def test_keyword_index_survives_restart_delete_and_missing_or_stale_files(
     with reopen() as again:
         assert again.keyword.count() == again.count() == 1
         assert keyword_sources(again) == {"both.txt"}
+
+
+def test_sentence_bags_are_kept_with_the_index_and_read_after_restart(
+    make_store, backend, embedder
+):
+    """The coverage reranker's sentence bags are computed once, when a chunk is indexed, and read
+    back after a restart: a query tokenizes no candidate, and scores as with fresh bags. An index
+    file of the format before (no bags) is rebuilt from Chroma on open."""
+    store = make_store()
+    for name, text in DOCS.items():
+        store.add_file(text.encode(), name=name)
+    owner, directory = store.owner, store.keyword.directory
+    store.close()
+    sentence_bags.cache_clear()
+    with Store(owner, embedder=embedder, **backend) as again:
+        got = again.collection.get(include=["documents"])
+        fresh = {cid: sentence_bags(t) for cid, t in zip(got["ids"], got["documents"], strict=True)}
+        assert again.keyword.bags(got["ids"]) == fresh
+        sentence_bags.cache_clear()
+        hits = retrieve(again, QUERY, k=4)
+        assert sentence_bags.cache_info().misses == 0  # no candidate tokenized at query time
+    want = CoverageReranker().score(QUERY, [h.text for h in hits])
+    assert [h.why.rerank_score for h in hits] == pytest.approx(want.tolist())
+    for path in directory.glob("*.json"):  # as an index written before bags were kept
+        doc = json.loads(path.read_text())
+        del doc["bags"]
+        path.write_text(json.dumps(doc | {"format": FORMAT - 1}))
+    with Store(owner, embedder=embedder, **backend) as again:
+        assert again.keyword.bags(got["ids"]) == fresh and again.keyword.count() == len(fresh)
 
 
 def test_another_writer_behind_the_index_is_noticed_on_search(make_store):
