@@ -22,6 +22,7 @@ from core.generate.logits import (
     is_greedy,
     sample_next,
 )
+from core.generate.prefix import PromptCache
 from core.model import Decoder
 
 if TYPE_CHECKING:
@@ -74,13 +75,16 @@ def stream_tokens(
     stop_ids: set[int] | frozenset[int] = frozenset(),
     generator: torch.Generator | None = None,
     trace: Trace | None = None,
+    prompts: PromptCache | None = None,
 ) -> Iterator[int]:
     """Yield up to `max_new_tokens` ids, greedy (temperature 0 or top_k 1) or sampled.
 
     A stop id ends the stream without being yielded. Processors see the prompt and every
     generated token (the repetition penalty and the n-gram ban need them), or with
     `penalize_prompt=False` the generated tokens only (an answer may then copy its sources).
-    A `trace` records each yielded token's distributions (`core.generate.trace`).
+    A `trace` records each yielded token's distributions (`core.generate.trace`). With
+    `prompts`, the prompt starts from the longest cached prefix and the reply's cache is kept
+    there when the stream ends (`core.generate.prefix`).
     """
     if not prompt_ids:
         raise SettingsError("the prompt is empty; give at least one token.")
@@ -93,21 +97,39 @@ def stream_tokens(
     )
     device = model.wte.weight.device
     budget = min(max_new_tokens, model.config.block_size - len(prompt_ids))
-    cache = model.new_cache(1, len(prompt_ids) + max(budget, 0))
-    idx = torch.tensor([list(prompt_ids)], device=device)  # (1, T)
-    seen = idx if penalize_prompt else idx[:, :0]  # (1, S): the tokens the processors see
-    for _ in range(budget):
-        scores = model(idx, cache=cache, last_only=True)[:, -1].float()  # (1, vocab)
-        scores = apply_processors(processors, seen, scores, trace)
-        token = int(scores.argmax(-1)) if greedy else int(sample_next(scores, generator))
-        if token in stop_ids:
-            return
-        if trace is not None:
-            trace.chose(token)
-        yield token
-        idx = torch.tensor([[token]], device=device)  # (1, 1): only the new token goes through
-        if processors:
-            seen = torch.cat([seen, idx], dim=1)
+    room = len(prompt_ids) + max(budget, 0)
+    held, first = 0, None
+    if prompts is not None and budget > 0:
+        cache, held, first = prompts.take(model, prompt_ids, room)
+    else:
+        cache = model.new_cache(1, room)
+    seen = torch.tensor([list(prompt_ids)], device=device)  # (1, T)
+    idx = seen[:, held:]  # what the cache does not hold yet
+    if not penalize_prompt:
+        seen = seen[:, :0]  # (1, S): the tokens the processors see
+    fed = list(prompt_ids[:held])  # the tokens the cache holds
+    after_prompt = last = None  # the raw scores after the prompt, after fed (processors copy)
+    try:
+        for step in range(budget):
+            if step == 0 and first is not None:  # this very prompt before: its kept scores
+                last = first
+            else:
+                last = model(idx, cache=cache, last_only=True)[:, -1].float()  # (1, vocab)
+                fed += idx[0].tolist()
+            after_prompt = last if step == 0 else after_prompt
+            scores = apply_processors(processors, seen, last, trace)
+            token = int(scores.argmax(-1)) if greedy else int(sample_next(scores, generator))
+            if token in stop_ids:
+                return
+            if trace is not None:
+                trace.chose(token)
+            yield token
+            idx = torch.tensor([[token]], device=device)  # (1, 1): only the new token goes in
+            if processors:
+                seen = torch.cat([seen, idx], dim=1)
+    finally:
+        if prompts is not None and after_prompt is not None:
+            prompts.put(fed, cache, {len(prompt_ids): after_prompt, len(fed): last})
 
 
 @dataclass

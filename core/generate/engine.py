@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from core import kernels
 from core.generate.decode import beam_search, stream_tokens
 from core.generate.logits import SettingsError
+from core.generate.prefix import PromptCache
 from core.generate.settings import GenerationSettings
 from core.load import load_model
 from core.model import Decoder
@@ -52,6 +53,8 @@ class LLM:
     max_new_tokens_cap: int = 2048  # server-side: no request may ask for more
     max_beams: int = 8
     path: str = ""  # how the weights are stored and multiplied (`kernels.describe`)
+    # recent replies' KV caches: the next turn of a chat prefills only its new tokens
+    prompts: PromptCache = field(default_factory=PromptCache, repr=False)
 
     @classmethod
     def load(
@@ -234,6 +237,7 @@ class Generation:
             max_new_tokens=s.max_new_tokens,
             stop_ids=self.llm.tokenizer.stop_token_ids,
             generator=generator,
+            prompts=self.llm.prompts,
             **s.token_knobs(),
         )
         # Text of ids[:settled] is final (it ended on a whole character); only the tail is

@@ -22,6 +22,7 @@ from core.weights import Packed
 
 TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14}  # ggml's numbering
 CHUNK = 1 << 22  # weights dequantized at once for prefill: 16 MiB of fp32, in the caches
+PROMPT_ROWS = 4  # measured crossover (bench/README.md); decoding steps' rows stay on the kernel
 
 
 PREFILL_CHOICES = ("auto", "bf16", "fp32")
@@ -78,6 +79,10 @@ def linear(x: torch.Tensor, packed: Packed, bias: torch.Tensor | None = None) ->
     """fp32 x (..., K) @ W^T + bias for a packed W (N, K)."""
     N, K = packed.shape
     rows = x.numel() // K
+    # the blocks' kernel costs about a decoding step per row (compute-bound), the GEMM a fixed
+    # unpacking plus little per row: a prompt of more than PROMPT_ROWS tokens takes the GEMM
+    prompt = x.dim() >= 2 and x.shape[-2] > 1
+    kernel = rows <= MAX_ROWS and not (prompt and rows > PROMPT_ROWS)
     x2 = x.reshape(rows, K).float().contiguous()
     y = torch.empty(rows, N)
     lib = library()
@@ -85,7 +90,7 @@ def linear(x: torch.Tensor, packed: Packed, bias: torch.Tensor | None = None) ->
     xs = None  # x as prefill's GEMM takes it
     for qtype, data in packed.parts:
         n = data.shape[0]
-        if lib is not None and rows <= MAX_ROWS:  # a decoding step: straight from the blocks
+        if lib is not None and kernel:  # a decoding step: straight from the blocks
             status = lib.linear_q(
                 TYPE_IDS[qtype],
                 x2.data_ptr(),
@@ -101,8 +106,8 @@ def linear(x: torch.Tensor, packed: Packed, bias: torch.Tensor | None = None) ->
             if status:
                 raise MemoryError("core.kernels: no memory to unpack a row")
         else:  # prefill: GEMM on dequantized slices of rows
-            if xs is None:  # the torch fallback's few rows stay fp32, as the kernel's do
-                xs = x2.to(prefill_dtype() if rows > MAX_ROWS else torch.float32)
+            if xs is None:  # the torch fallback's decoding steps stay fp32, as the kernel's do
+                xs = x2.to(torch.float32 if kernel else prefill_dtype())
             step = max(1, CHUNK // K)
             for start in range(0, n, step):
                 part = torch.arange(start, min(n, start + step))

@@ -99,11 +99,16 @@ def test_bf16_prefill_is_within_bf16_rounding(variant, qtype, monkeypatch):
     with build.forced(variant), torch.inference_mode():
         got = quant.linear(x, packed)
         step = quant.linear(x[:3], packed)
+        beams = quant.linear(x[:6, None], packed)  # six decoding steps side by side: exact
+        prompt = quant.linear(x[None, :6], packed)  # a six-token prompt: the GEMM's
     want = F.linear(x.double(), reference(packed))
     scale = want.abs().max().item()
-    assert 0 < (got.double() - want).abs().max().item() <= 1e-2 * scale
+    assert 1e-4 * scale < (got.double() - want).abs().max().item() <= 1e-2 * scale
+    assert 1e-4 * scale < (prompt[0].double() - want[:6]).abs().max().item() <= 1e-2 * scale
     tol = tolerance(variant, 3)
     torch.testing.assert_close(step.double(), want[:3], rtol=tol, atol=tol * scale)
+    tol = tolerance(variant, 6)
+    torch.testing.assert_close(beams[:, 0].double(), want[:6], rtol=tol, atol=tol * scale)
 
 
 def test_prefill_precision_follows_the_cpu_and_the_setting(monkeypatch):
