@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from bench.decode import FirstToken
 from bench.forward import load_reference
 from core.generate.decode import stream_tokens
 from core.generate.engine import LLM
@@ -41,22 +42,10 @@ def first_token(llm: LLM, ids: list[int], prompts: PromptCache | None) -> tuple[
 
 
 def theirs_first_token(model, ids: list[int]) -> float:
-    class First:
-        def __init__(self):
-            self.calls, self.at = 0, None
-
-        def put(self, _value):
-            self.calls += 1
-            if self.calls == 2 and self.at is None:  # call 1 is the prompt
-                self.at = time.perf_counter()
-
-        def end(self):
-            pass
-
-    streamer = First()
+    streamer = FirstToken()
     start = time.perf_counter()
     model.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False, streamer=streamer)
-    return streamer.at - start
+    return streamer.first - start
 
 
 def main() -> None:
