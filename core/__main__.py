@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not line:
                 return 0
             history.append({"role": "user", "content": line})
-            generation = llm.stream(history, settings)
+            generation = llm.stream(history, settings, conversation="cli")  # turns reuse the cache
             _print_stream(generation)
             history.append({"role": "assistant", "content": generation.text})
     except (SettingsError, ModelLoadError) as err:

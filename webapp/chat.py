@@ -383,7 +383,8 @@ class ChatService:
         if not prepared.covered:
             yield replace(reply, text=not_covered(prepared.sources), done=True, finish_reason="eos")
             return
-        generation = prepared.llm.start(prepared.prompt, turn.settings, cancel)
+        # a session's next turn starts from its own cached conversation
+        generation = prepared.llm.start(prepared.prompt, turn.settings, cancel, session or None)
         text = ""
         for piece in generation:
             text += piece.text

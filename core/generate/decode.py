@@ -76,6 +76,7 @@ def stream_tokens(
     generator: torch.Generator | None = None,
     trace: Trace | None = None,
     prompts: PromptCache | None = None,
+    owner: str = "",
 ) -> Iterator[int]:
     """Yield up to `max_new_tokens` ids, greedy (temperature 0 or top_k 1) or sampled.
 
@@ -84,7 +85,7 @@ def stream_tokens(
     `penalize_prompt=False` the generated tokens only (an answer may then copy its sources).
     A `trace` records each yielded token's distributions (`core.generate.trace`). With
     `prompts`, the prompt starts from the longest cached prefix and the reply's cache is kept
-    there when the stream ends (`core.generate.prefix`).
+    there when the stream ends, as `owner`'s (`core.generate.prefix`).
     """
     if not prompt_ids:
         raise SettingsError("the prompt is empty; give at least one token.")
@@ -100,7 +101,7 @@ def stream_tokens(
     room = len(prompt_ids) + max(budget, 0)
     held, first = 0, None
     if prompts is not None and budget > 0:
-        cache, held, first = prompts.take(model, prompt_ids, room)
+        cache, held, first = prompts.take(model, prompt_ids, room, owner)
     else:
         cache = model.new_cache(1, room)
     seen = torch.tensor([list(prompt_ids)], device=device)  # (1, T)
@@ -129,7 +130,7 @@ def stream_tokens(
                 seen = torch.cat([seen, idx], dim=1)
     finally:
         if prompts is not None and after_prompt is not None:
-            prompts.put(fed, cache, {len(prompt_ids): after_prompt, len(fed): last})
+            prompts.put(fed, cache, {len(prompt_ids): after_prompt, len(fed): last}, owner)
 
 
 @dataclass

@@ -146,9 +146,12 @@ class LLM:
         prompt: Prompt,
         settings: GenerationSettings,
         cancel: threading.Event | None = None,
+        conversation: str | None = None,
     ) -> Generation:
-        """Decode from an already fitted prompt with already validated settings."""
-        return Generation(self, prompt, settings, cancel)
+        """Decode from an already fitted prompt with already validated settings. With a
+        `conversation` (the app: the session), the prompt starts from that conversation's cached
+        prefix and the reply's cache is kept for its next turn (`core.generate.prefix`)."""
+        return Generation(self, prompt, settings, cancel, conversation)
 
     def stream(
         self,
@@ -157,15 +160,17 @@ class LLM:
         *,
         cancel: threading.Event | None = None,
         max_prompt_tokens: int | None = None,
+        conversation: str | None = None,
         **overrides: Any,
     ) -> Generation:
         """Start a reply: iterate the result for `Piece`s (their texts concatenate to the reply).
 
-        Settings can be overridden by keyword, e.g. `stream(msgs, mode="beam", num_beams=3)`.
+        Settings can be overridden by keyword, e.g. `stream(msgs, mode="beam", num_beams=3)`;
+        `conversation` as in `start`.
         """
         settings = self.settings(settings, **overrides)
         prompt = self.fit_prompt(messages, settings.max_new_tokens, max_prompt_tokens)
-        return self.start(prompt, settings, cancel)
+        return self.start(prompt, settings, cancel, conversation)
 
     def generate(
         self, messages: Messages, settings: GenerationSettings | None = None, **overrides: Any
@@ -197,8 +202,10 @@ class Generation:
         prompt: Prompt,
         settings: GenerationSettings,
         cancel: threading.Event | None = None,
+        conversation: str | None = None,
     ) -> None:
         self.llm, self.settings, self.cancel = llm, settings, cancel
+        self.conversation = conversation
         self.prompt = prompt
         self.text, self.finish_reason = "", ""
         self.new_tokens = 0
@@ -237,7 +244,8 @@ class Generation:
             max_new_tokens=s.max_new_tokens,
             stop_ids=self.llm.tokenizer.stop_token_ids,
             generator=generator,
-            prompts=self.llm.prompts,
+            prompts=None if self.conversation is None else self.llm.prompts,
+            owner=self.conversation or "",
             **s.token_knobs(),
         )
         # Text of ids[:settled] is final (it ended on a whole character); only the tail is

@@ -6,8 +6,12 @@ the last reply) and adds one message; without this every turn prefilled all of i
 `stream_tokens(..., prompts=cache)` takes the entry sharing the longest prefix with its prompt,
 prefills the rest, and puts the cache back when the reply ends, stopped or not. The same prompt
 again (a regenerated answer) starts from the logits the entry kept, so it decodes exactly as the
-first time did. Each entry serves one reply at a time (taken out while in use); the least
-recently used go when the entries' bytes pass `max_bytes`.
+first time did; a prompt that extends an entry is prefilled in another split, so at a near-tie
+its greedy tokens may differ from a fresh prefill's. Entries belong to an owner (the app: a
+session) and a prompt starts only from its own owner's: one conversation's answers never
+depend on another's, and no one can time whether someone else sent a prompt. Each entry serves
+one reply at a time (taken out while in use); the least recently used go when the entries'
+bytes pass `max_bytes`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ DEFAULT_MB = 64  # SmolLM2-135M: ~46 KB a position, so ~1,400 positions of conve
 
 @dataclass
 class Entry:
+    owner: str
     ids: list[int]  # the tokens the cache holds, in order
     cache: KVCache
     logits: dict[int, torch.Tensor]  # n -> (1, vocab): the raw scores after ids[:n]
@@ -46,12 +51,28 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def configured_mb() -> float:
+    """SCRATCHGPT_PROMPT_CACHE_MB (default 64; 0 turns the cache off), or a ValueError that
+    says what is wrong with it."""
+    raw = os.environ.get("SCRATCHGPT_PROMPT_CACHE_MB", str(DEFAULT_MB)).strip()
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not 0 <= mb < float("inf"):
+        raise ValueError(
+            f"SCRATCHGPT_PROMPT_CACHE_MB={raw!r} is not a size in megabytes; give a number such "
+            f"as {DEFAULT_MB}, or 0 to turn the prompt cache off."
+        )
+    return mb
+
+
 class PromptCache:
     """Recent replies' KV caches for one model (all entries come from the same weights)."""
 
     def __init__(self, max_bytes: int | None = None) -> None:
         if max_bytes is None:
-            max_bytes = int(float(os.environ.get("SCRATCHGPT_PROMPT_CACHE_MB", DEFAULT_MB)) * 2**20)
+            max_bytes = int(configured_mb() * 2**20)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._entries: list[Entry] = []  # most recently used first
@@ -61,13 +82,13 @@ class PromptCache:
         return (PromptCache, (self.max_bytes,))
 
     def take(
-        self, model: Decoder, ids: Sequence[int], room: int
+        self, model: Decoder, ids: Sequence[int], room: int, owner: str = ""
     ) -> tuple[KVCache, int, torch.Tensor | None]:
         """(a cache with room for `room` positions, how many of `ids` it holds, the scores after
         all of `ids` where an entry kept them, else None). The entry is removed while in use."""
         with self._lock:
             best, held, scores = None, 0, None
-            for entry in self._entries:
+            for entry in (e for e in self._entries if e.owner == owner):
                 n = common_prefix(entry.ids, ids)
                 whole = n == len(ids) and n in entry.logits
                 use = n if whole else min(n, len(ids) - 1)  # else the last position is redone
@@ -86,11 +107,17 @@ class PromptCache:
         cache.length = held
         return cache, held, scores
 
-    def put(self, ids: Sequence[int], cache: KVCache, logits: dict[int, torch.Tensor]) -> None:
-        """Keep `cache` (holding `ids`; `logits[n]` the raw scores after ids[:n]) for later."""
+    def put(
+        self,
+        ids: Sequence[int],
+        cache: KVCache,
+        logits: dict[int, torch.Tensor],
+        owner: str = "",
+    ) -> None:
+        """Keep `cache` (holding `ids`; `logits[n]` the raw scores after ids[:n]) for `owner`."""
         if cache.length != len(ids) or not ids or cache.k.shape[1] != 1:
             return
-        entry = Entry(list(ids), cache, logits)
+        entry = Entry(owner, list(ids), cache, logits)
         if entry.nbytes > self.max_bytes:
             return
         with self._lock:

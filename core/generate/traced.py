@@ -178,7 +178,8 @@ def replay(
         model(everything[:, : P - 1], cache=cache, last_only=True)
     for start in range(0, len(reply_ids), REPLAY_CHUNK):
         chunk = everything[:, P - 1 + start : P - 1 + min(start + REPLAY_CHUNK, len(reply_ids))]
-        logits = model(chunk, cache=cache).float()  # (1, c, V): row j predicts reply[start + j]
+        with kernels.exact():  # the reply's tokens as decoding steps computed them: fp32 sums
+            logits = model(chunk, cache=cache).float()  # (1, c, V): row j predicts reply[start + j]
         for j in range(chunk.shape[1]):
             at = start + j
             scores = logits[:, j]  # (1, V)

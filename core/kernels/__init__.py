@@ -23,7 +23,7 @@ from torch import nn
 
 from core.kernels import build, fused, ops, quant
 from core.kernels.build import available, cpu_flags
-from core.kernels.quant import QuantEmbedding, QuantLinear
+from core.kernels.quant import QuantEmbedding, QuantLinear, exact
 from core.layers import CausalSelfAttention, KVCache, RMSNorm
 from core.model import Decoder
 
@@ -33,6 +33,7 @@ __all__ = [
     "choose",
     "cpu_flags",
     "describe",
+    "exact",
     "layout",
     "prepare",
     "set_layout",
@@ -155,7 +156,8 @@ class FastDecoder(Decoder):
         if isinstance(head, QuantEmbedding):
             return head.logits(x)
         if isinstance(head, QuantLinear):
-            return head(x)
+            with quant.exact():  # logits in fp32, as QuantEmbedding.logits
+                return head(x)
         return linear(x, head.weight)
 
     def num_parameters(self) -> int:

@@ -12,6 +12,9 @@ but the same numbers (the path tests force with SCRATCHGPT_KERNELS=0).
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -75,6 +78,21 @@ def dequantize_part(
     return out
 
 
+_exact = threading.local()
+
+
+@contextmanager
+def exact() -> Iterator[None]:
+    """Products as decoding steps get them, for every shape: fp32 sums, the blocks' kernel up to
+    MAX_ROWS rows (a replayed reply's scores, the LM head's logits)."""
+    before = getattr(_exact, "on", False)
+    _exact.on = True
+    try:
+        yield
+    finally:
+        _exact.on = before
+
+
 def linear(x: torch.Tensor, packed: Packed, bias: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 x (..., K) @ W^T + bias for a packed W (N, K)."""
     N, K = packed.shape
@@ -82,7 +100,8 @@ def linear(x: torch.Tensor, packed: Packed, bias: torch.Tensor | None = None) ->
     # the blocks' kernel costs about a decoding step per row (compute-bound), the GEMM a fixed
     # unpacking plus little per row: a prompt of more than PROMPT_ROWS tokens takes the GEMM
     prompt = x.dim() >= 2 and x.shape[-2] > 1
-    kernel = rows <= MAX_ROWS and not (prompt and rows > PROMPT_ROWS)
+    precise = getattr(_exact, "on", False)
+    kernel = rows <= MAX_ROWS and (precise or not (prompt and rows > PROMPT_ROWS))
     x2 = x.reshape(rows, K).float().contiguous()
     y = torch.empty(rows, N)
     lib = library()
@@ -107,7 +126,7 @@ def linear(x: torch.Tensor, packed: Packed, bias: torch.Tensor | None = None) ->
                 raise MemoryError("core.kernels: no memory to unpack a row")
         else:  # prefill: GEMM on dequantized slices of rows
             if xs is None:  # the torch fallback's decoding steps stay fp32, as the kernel's do
-                xs = x2.to(torch.float32 if kernel else prefill_dtype())
+                xs = x2.to(torch.float32 if kernel or precise else prefill_dtype())
             step = max(1, CHUNK // K)
             for start in range(0, n, step):
                 part = torch.arange(start, min(n, start + step))
@@ -160,4 +179,5 @@ class QuantEmbedding(nn.Module):
         return out.view(*idx.shape, self.embedding_dim)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.packed)
+        with exact():  # bf16 logits would tie many tokens (their step is 1/16 at 10)
+            return linear(x, self.packed)

@@ -111,6 +111,20 @@ def test_bf16_prefill_is_within_bf16_rounding(variant, qtype, monkeypatch):
     torch.testing.assert_close(beams[:, 0].double(), want[:6], rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.parametrize("variant", variants())
+def test_logits_stay_fp32_over_many_rows(variant, monkeypatch):
+    """The LM head over a whole sequence (a replayed reply's scores) keeps fp32 sums under bf16
+    prefill: bf16 logits would tie many tokens."""
+    monkeypatch.setenv("SCRATCHGPT_PREFILL", "bf16")
+    packed = random_blocks("Q8_0", 64, 256, seed=9)
+    x = torch.randn(1, 20, 256, generator=torch.Generator().manual_seed(9))
+    with build.forced(variant), torch.inference_mode():
+        got = quant.QuantEmbedding(packed).logits(x)
+    want = F.linear(x.double(), reference(packed))
+    scale, tol = want.abs().max().item(), tolerance(variant, 1)
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * scale)
+
+
 def test_prefill_precision_follows_the_cpu_and_the_setting(monkeypatch):
     monkeypatch.delenv("SCRATCHGPT_PREFILL")
     monkeypatch.setattr(quant, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})

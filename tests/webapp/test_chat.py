@@ -198,9 +198,9 @@ def test_one_reply_is_one_pass_and_decodes_the_ids_show_prompt_shows(service, sm
         encoded.append(messages)
         return encode(messages, *args, **kwargs)
 
-    def recording_start(prompt, settings, cancel=None):
+    def recording_start(prompt, settings, cancel=None, conversation=None):
         started.append(list(prompt.ids))
-        return start(prompt, settings, cancel)
+        return start(prompt, settings, cancel, conversation)
 
     def recording_iter(generation):
         for piece in iterate(generation):

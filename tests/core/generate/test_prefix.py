@@ -115,11 +115,27 @@ def test_entries_stay_within_the_byte_budget_and_serve_one_reply_at_a_time(smoll
     assert len(huge) == 0  # one entry over the budget is not kept
 
 
-def test_the_engine_reuses_the_conversation(smollm2):
+def test_the_engine_reuses_a_conversations_own_turns_only(smollm2):
+    """A conversation's next turn starts from its own cache, never from another conversation's
+    (whose answers would then depend on it, and whose prompts a timer could probe); replies
+    without a conversation are not cached."""
     settings = GenerationSettings(max_new_tokens=12)
     messages = chat("What colour is the sky?")
-    before = smollm2.prompts.reused
-    reply = "".join(p.text for p in smollm2.stream(messages, settings))
+    smollm2.prompts.clear()
+    reply = "".join(p.text for p in smollm2.stream(messages, settings, conversation="alice"))
     messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Why?"}]
+    before = smollm2.prompts.reused
+    "".join(p.text for p in smollm2.stream(messages, settings, conversation="bob"))
     "".join(p.text for p in smollm2.stream(messages, settings))
+    assert smollm2.prompts.reused == before and len(smollm2.prompts) == 2  # alice's, bob's
+    "".join(p.text for p in smollm2.stream(messages, settings, conversation="alice"))
     assert smollm2.prompts.reused - before >= len(smollm2.tokenizer.encode(SYSTEM))
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "inf", "nan"])
+def test_a_bad_cache_size_is_refused_with_what_to_give(monkeypatch, value):
+    monkeypatch.setenv("SCRATCHGPT_PROMPT_CACHE_MB", value)
+    with pytest.raises(ValueError, match="not a size in megabytes; give a number such as 64"):
+        PromptCache()
+    monkeypatch.setenv("SCRATCHGPT_PROMPT_CACHE_MB", "0")
+    assert PromptCache().max_bytes == 0
