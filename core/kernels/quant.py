@@ -1,12 +1,13 @@
 """Matrices kept in GGUF block types (`core.weights.Packed`) as model modules, on `quant.c`.
 
-`QuantLinear` and `QuantEmbedding` stand in for `nn.Linear` and `nn.Embedding`. A decoding step
-(at most `ops.MAX_ROWS` rows) multiplies by the packed blocks directly; prefill dequantizes a
-slice of rows at a time (in C) and runs torch's GEMM on it, so no dense copy of the model is ever
-held. That GEMM is bf16 where the CPU multiplies bf16 natively (`prefill_dtype`): 2-3x torch's
-fp32 there, at bf16's rounding of the prompt's activations (the decoding steps stay exact).
-Without the C kernels the blocks are dequantized by gguf's reference code on every call: slow,
-but the same numbers (the path tests force with SCRATCHGPT_KERNELS=0).
+`QuantLinear` and `QuantEmbedding` stand in for `nn.Linear` and `nn.Embedding`. A decoding step (at
+most `ops.MAX_ROWS` rows, one token each) and a prompt of at most `PROMPT_ROWS` tokens multiply by
+the packed blocks directly; longer prompts dequantize a slice of rows at a time (in C) and run
+torch's GEMM on it, so no dense copy of the model is ever held. That GEMM is bf16 where the CPU
+multiplies bf16 natively (`prefill_dtype`): 2-3x torch's fp32 there, at bf16's rounding of the
+prompt's activations (the decoding steps stay exact). Without the C kernels the blocks are
+dequantized by gguf's reference code on every call: slow, but the same numbers (the path tests force
+with SCRATCHGPT_KERNELS=0).
 """
 
 from __future__ import annotations
