@@ -25,6 +25,7 @@ from ingest.errors import (
 )
 from ingest.keyword_index import KeywordIndex, tokenize
 from ingest.loaders import Document, FileLimits, Page, load_document
+from ingest.records import AddResult, DocumentInfo
 from ingest.rerank import (
     CoverageReranker,
     CrossEncoderReranker,
@@ -35,7 +36,7 @@ from ingest.rerank import (
     reranker_names,
 )
 from ingest.retrieve import DEFAULT_MODE, MODES, Hit, Why, check_query, retrieve
-from ingest.store import AddResult, DocumentInfo, Store, collection_name
+from ingest.store import Store, collection_name
 
 __all__ = [
     "DEFAULT_MODE",

@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from ingest.errors import (
 from ingest.journal import Journal
 from ingest.keyword_index import KeywordIndex
 from ingest.loaders import Document, FileLimits, load_document
+from ingest.records import AddResult, DocumentInfo
 from ingest.rerank import sentence_bags
 
 DEFAULT_PATH = Path("data/chroma")
@@ -48,29 +48,6 @@ HNSW = {"space": "cosine", "ef_construction": 200, "max_neighbors": 32, "ef_sear
 EMBED_BATCH = 256
 
 Progress = Callable[[int, int], None]  # (chunks written so far, total)
-
-
-@dataclass(frozen=True)
-class AddResult:
-    """What `Store.add_document` did, with a sentence for the user."""
-
-    source: str
-    doc_hash: str
-    added: bool
-    n_pages: int
-    n_chunks: int
-    empty_pages: list[int]
-    message: str
-
-
-@dataclass(frozen=True)
-class DocumentInfo:
-    """One indexed document, as `Store.list_documents` reports it."""
-
-    source: str
-    doc_hash: str
-    n_pages: int
-    n_chunks: int
 
 
 def collection_name(owner: str) -> str:
